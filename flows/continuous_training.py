@@ -1,0 +1,150 @@
+"""Flow `continuous-training`: pull, validate, train, compare, promote, deploy, notify."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from tasks.config import load_params
+from tasks.data import pull_data, resolve_data
+from tasks.deploy import check_deployment, deploy_model
+from tasks.evaluate import GateRejected, evaluate_candidate
+from tasks.notify import Kind, RunOutcome, notify
+from tasks.promote import get_champion, promote_model, restore_champion
+from tasks.train import (
+    code_version,
+    complete_run,
+    lookup_previous_run,
+    prepare_tracking,
+    train_candidate,
+)
+from tasks.validate import validate_data
+
+
+@flow(name="continuous-training")
+def continuous_training(
+    rev: str | None = None,
+    path: str | None = None,
+    repo: str | None = None,
+    dry_run: bool = False,
+    params_file: str = "params.yaml",
+) -> RunOutcome:
+    """Retrain on one DVC data version and ship the candidate only if it passes the gates.
+
+    Args:
+        rev: git revision of the data repository (default: ``data.rev`` in params).
+        path: DVC-tracked file to train on (default: ``data.path``).
+        repo: git+DVC repository holding the data (default: ``data.repo``).
+        dry_run: train and gate, but change neither the registry nor the cluster.
+        params_file: the params.yaml to use.
+    """
+    logger = get_run_logger()
+    params = load_params(params_file)
+    outcome = RunOutcome("failed", params.registry.model_name, flow_run=flow_run.ui_url)
+    step = "setup"
+    try:
+        experiment_id = prepare_tracking(params)
+        step = "pull"
+        version = resolve_data(
+            repo or params.data.repo, path or params.data.path, rev or params.data.rev
+        )
+        outcome = RunOutcome(
+            outcome.kind, outcome.model_name, version.md5, flow_run=outcome.flow_run
+        )
+        lineage = {
+            "ct.data_md5": version.md5,
+            "ct.git_commit": code_version(),
+            "ct.params_hash": params.params_hash(),
+        }
+        previous = None if dry_run else lookup_previous_run(experiment_id, lineage)
+        if previous is not None:
+            logger.info(
+                "skipping: run %s already decided %s on this data, params and code",
+                previous.run_id,
+                previous.decision,
+            )
+            skipped = RunOutcome(
+                "skipped",
+                outcome.model_name,
+                version.md5,
+                previous.model_version,
+                run_id=previous.run_id,
+                flow_run=outcome.flow_run,
+            )
+            notify(skipped, params)
+            return skipped
+        version = pull_data(version)
+        step = "validate"
+        validate_data(version, params)
+        if not dry_run:
+            step = "check-deployment"
+            check_deployment(params)
+        step = "train"
+        trained = train_candidate(version, params, experiment_id, lineage, dry_run)
+        step = "evaluate"
+        champion = get_champion(params)
+        report = evaluate_candidate(
+            trained.pipeline,
+            champion.model if champion else None,
+            version,
+            params,
+            trained.run_id,
+        )
+        if report.decision == "reject" or dry_run:
+            kind: Kind = "rejected" if report.decision == "reject" else "dry-run"
+            result = RunOutcome(
+                kind,
+                outcome.model_name,
+                version.md5,
+                champion.version if champion else None,
+                run_id=trained.run_id,
+                flow_run=outcome.flow_run,
+            ).with_report(report)
+            if not dry_run:
+                complete_run(trained.run_id)
+            notify(result, params)
+            if kind == "rejected" and params.gates.fail_run_on_reject:
+                raise GateRejected(report)
+            return result
+        step = "promote"
+        promotion = promote_model(trained, params)
+        step = "deploy"
+        try:
+            deployed = deploy_model(promotion, params)
+        except Exception:
+            restore_champion(promotion)
+            raise
+        complete_run(trained.run_id)
+        result = RunOutcome(
+            "promoted",
+            outcome.model_name,
+            version.md5,
+            promotion.version,
+            promotion.previous_version,
+            trained.run_id,
+            deploy=deployed.summary(),
+            flow_run=outcome.flow_run,
+        ).with_report(report)
+        notify(result, params)
+        return result
+    except GateRejected:
+        raise
+    except Exception as exc:
+        logger.error("failed at step %s (md5=%s): %s", step, outcome.data_md5 or "-", exc)
+        error = f"{type(exc).__name__}: {exc}"
+        notify(
+            RunOutcome(
+                "failed",
+                outcome.model_name,
+                outcome.data_md5,
+                step=step,
+                error=error,
+                flow_run=outcome.flow_run,
+            ),
+            params,
+        )
+        raise
+
+
+if __name__ == "__main__":
+    continuous_training()

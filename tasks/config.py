@@ -1,0 +1,215 @@
+"""Typed view of ``params.yaml``: loaded once, validated with errors that name the offending key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MetricName = Literal["roc_auc", "pr_auc", "f1", "accuracy", "log_loss", "brier"]
+IMAGE_TEMPLATE_FIELDS = frozenset({"model_name", "version", "run_id", "data_md5"})
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` is missing, unreadable or invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectParams(_Section):
+    state_dir: Path = Path(".ctflows")
+
+
+class DataParams(_Section):
+    repo: str = "."
+    path: str = "data/batch.parquet"
+    rev: str = "HEAD"
+    label: str
+    id_column: str
+    timestamp_column: str
+    sensitive_column: str
+    numeric_features: list[str] = Field(min_length=0)
+    categorical_features: list[str] = Field(min_length=0)
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 7
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric_features, *self.categorical_features]
+
+    @model_validator(mode="after")
+    def _features_disjoint(self) -> DataParams:
+        if not self.features:
+            raise ValueError("numeric_features and categorical_features are both empty")
+        both = set(self.numeric_features) & set(self.categorical_features)
+        if both:
+            raise ValueError(f"features listed as numeric and categorical: {sorted(both)}")
+        reserved = {self.label, self.id_column, self.timestamp_column} & set(self.features)
+        if reserved:
+            raise ValueError(f"label, id or timestamp column used as a feature: {sorted(reserved)}")
+        return self
+
+
+class PrepareParams(_Section):
+    day: int = Field(1, ge=0)
+    rows: int = Field(50_000, gt=0)
+    seed: int = 0
+    drift: float = Field(0.0, ge=0.0)
+
+
+class ValidateParams(_Section):
+    suite: Path = Path("expectations/churn_batch.json")
+
+
+class TrainParams(_Section):
+    estimator: str = "lightgbm.LGBMClassifier"
+    seed: int = 42
+    n_jobs: int = Field(2, ge=1)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("estimator")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if "." not in value:
+            raise ValueError(
+                f"expected an import path like 'lightgbm.LGBMClassifier', got {value!r}"
+            )
+        return value
+
+
+class GateParams(_Section):
+    primary_metric: MetricName = "roc_auc"
+    minimums: dict[MetricName, float] = Field(default_factory=dict)
+    max_regression: float = Field(0.0, ge=0.0)
+    min_improvement: float = Field(0.0, ge=0.0)
+    fail_run_on_reject: bool = False
+
+
+class RegistryParams(_Section):
+    model_name: str = "churn-classifier"
+    alias: str = "champion"
+
+
+class MlflowParams(_Section):
+    tracking_uri: str | None = None
+    experiment: str = "continuous-training"
+
+
+class DeployParams(_Section):
+    target: Literal["auto", "cluster", "dry-run"] = "auto"
+    namespace: str = "default"
+    deployment: str
+    container: str
+    image_template: str
+    kubeconfig: Path | None = None
+    context: str | None = None
+
+    @field_validator("image_template")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        unknown = fields - IMAGE_TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {sorted(unknown)}; allowed: {sorted(IMAGE_TEMPLATE_FIELDS)}"
+            )
+        if "version" not in fields:
+            raise ValueError("the template must contain {version} so each model gets its own image")
+        return value
+
+
+class NotifyParams(_Section):
+    webhook_env: str = "CTFLOWS_SLACK_WEBHOOK_URL"
+    secret_block: str | None = "ctflows-slack-webhook"
+    retries: int = Field(2, ge=0)
+
+
+class Params(_Section):
+    project: ProjectParams = ProjectParams()
+    data: DataParams
+    prepare: PrepareParams = PrepareParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    gates: GateParams = GateParams()
+    registry: RegistryParams = RegistryParams()
+    mlflow: MlflowParams = MlflowParams()
+    deploy: DeployParams
+    notify: NotifyParams = NotifyParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.project.state_dir
+
+    def params_hash(self) -> str:
+        """Hash of everything that shapes a candidate: data contract, suite, training and gates."""
+        relevant = self.model_dump(mode="json", include={"data", "train", "gates"}, by_alias=True)
+        relevant["data"] = {k: v for k, v in relevant["data"].items() if k not in {"repo", "rev"}}
+        suite = self.validate_.suite
+        relevant["suite"] = hashlib.sha256(suite.read_bytes()).hexdigest() if suite.exists() else ""
+        blob = json.dumps(relevant, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "<root>"
+        lines.append(f"  {key}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate an already-parsed mapping; relative paths stay relative to the caller's cwd."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is invalid:\n{_format_error(exc)}") from exc
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
+    """Load and validate ``params.yaml``; relative paths in it are resolved against its folder."""
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{file} not found: run from the project root or pass its path") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file} must hold a mapping of sections, found {type(raw).__name__}")
+    params = parse_params(raw, str(file))
+    return _resolve_paths(params, file.resolve().parent)
+
+
+def _resolve_paths(params: Params, root: Path) -> Params:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else root / p
+
+    repo = params.data.repo
+    if "://" not in repo and not Path(repo).is_absolute():
+        repo = str(root / repo)
+    kubeconfig = params.deploy.kubeconfig
+    return params.model_copy(
+        update={
+            "project": params.project.model_copy(
+                update={"state_dir": resolve(params.project.state_dir)}
+            ),
+            "data": params.data.model_copy(update={"repo": repo}),
+            "validate_": params.validate_.model_copy(
+                update={"suite": resolve(params.validate_.suite)}
+            ),
+            "deploy": params.deploy.model_copy(
+                update={"kubeconfig": resolve(kubeconfig) if kubeconfig else None}
+            ),
+        }
+    )

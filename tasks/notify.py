@@ -1,0 +1,206 @@
+"""Stage `notify`: tell the team on Slack (Block Kit), or in a JSONL outbox without a webhook."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from tasks.config import NotifyParams, Params
+
+if TYPE_CHECKING:
+    from tasks.evaluate import GateReport
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["promoted", "rejected", "failed", "skipped", "dry-run"]
+EMOJI = {
+    "promoted": ":rocket:",
+    "rejected": ":no_entry:",
+    "failed": ":rotating_light:",
+    "skipped": ":repeat:",
+    "dry-run": ":test_tube:",
+}
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one continuous-training run decided, for people and for the demo's output."""
+
+    kind: Kind
+    model_name: str
+    data_md5: str = ""
+    version: str | None = None
+    previous_version: str | None = None
+    run_id: str | None = None
+    metric: str = ""
+    candidate: float | None = None
+    champion: float | None = None
+    failed_gates: tuple[str, ...] = ()
+    step: str | None = None
+    error: str | None = None
+    deploy: str | None = None
+    flow_run: str | None = None
+
+    def with_report(self, report: GateReport) -> RunOutcome:
+        """This outcome with the primary metric of both models and the failed gates."""
+        return replace(
+            self,
+            metric=report.primary_metric,
+            candidate=report.candidate_primary,
+            champion=report.champion_primary,
+            failed_gates=tuple(f"{g.name}: {g.reason}" for g in report.failed),
+        )
+
+    def line(self) -> str:
+        parts = [f"{self.kind:<8}", f"data={self.data_md5[:10] or '-':<10}"]
+        if self.candidate is not None:
+            parts.append(f"{self.metric}={self.candidate:.4f}")
+            champ = "none" if self.champion is None else f"{self.champion:.4f}"
+            parts.append(f"champion={champ}")
+        if self.version:
+            parts.append(f"model={self.model_name} v{self.version}")
+        if self.failed_gates:
+            parts.append("failed=" + ",".join(self.failed_gates))
+        if self.error:
+            parts.append(f"[{self.step}] {self.error.splitlines()[0][:160]}")
+        if self.deploy:
+            parts.append(f"deploy={self.deploy}")
+        return "  ".join(parts)
+
+
+@dataclass(frozen=True)
+class Message:
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    channel: Literal["slack", "outbox"]
+    delivered: bool
+    detail: str
+
+
+def build_message(outcome: RunOutcome) -> Message:
+    """Block Kit message for a run outcome; ``text`` is the notification fallback."""
+    title = {
+        "promoted": f"{outcome.model_name} v{outcome.version} promoted to champion",
+        "rejected": f"{outcome.model_name} candidate rejected",
+        "failed": f"{outcome.model_name} continuous training failed at {outcome.step}",
+        "skipped": f"{outcome.model_name}: already trained on this data, params and code",
+        "dry-run": f"{outcome.model_name} dry run: nothing promoted",
+    }[outcome.kind]
+    text = f"{EMOJI[outcome.kind]} {title}"
+    facts = [f"*Data md5*\n`{outcome.data_md5 or '-'}`"]
+    if outcome.candidate is not None:
+        champ = "none" if outcome.champion is None else f"{outcome.champion:.4f}"
+        facts.append(f"*{outcome.metric}*\ncandidate {outcome.candidate:.4f} / champion {champ}")
+    if outcome.version:
+        prev = outcome.previous_version or "none"
+        facts.append(f"*Model version*\nv{outcome.version} (previous champion {prev})")
+    if outcome.run_id:
+        facts.append(f"*MLflow run*\n`{outcome.run_id}`")
+    if outcome.deploy:
+        facts.append(f"*Deploy*\n{outcome.deploy}")
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in facts[:10]]},
+    ]
+    if outcome.failed_gates:
+        gates = "\n".join(f"• {g}" for g in outcome.failed_gates)
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Failed gates*\n{gates}"}}
+        )
+    if outcome.error:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"*Error*\n```{outcome.error[:2800]}```"},
+            }
+        )
+    if outcome.flow_run:
+        blocks.append(
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": outcome.flow_run}]}
+        )
+    return Message(text=text, blocks=blocks)
+
+
+def webhook_url(notify: NotifyParams, environ: dict[str, str] | None = None) -> str | None:
+    """The Slack webhook from the environment, else from the Prefect Secret block, else None."""
+    env = os.environ if environ is None else environ
+    if env.get(notify.webhook_env):
+        return env[notify.webhook_env]
+    if not notify.secret_block:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        secret: Any = Secret.load(notify.secret_block)
+        return str(secret.get())
+    except ValueError:  # no such block
+        return None
+
+
+def write_outbox(state_dir: Path, message: Message, reason: str) -> Path:
+    path = state_dir / "outbox" / "slack.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"at": datetime.now(UTC).isoformat(), "reason": reason, **asdict(message)}
+    with path.open("a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    return path
+
+
+def send_message(message: Message, url: str | None, state_dir: Path, retries: int) -> Delivery:
+    """Post to Slack; on no webhook or a Slack outage, keep the message in the outbox instead.
+
+    Never raises: a notification problem must not fail or undo what the run decided.
+    """
+    if not url:
+        path = write_outbox(state_dir, message, "no webhook configured")
+        return Delivery("outbox", True, f"no Slack webhook configured; kept in {path}")
+    from slack_sdk.http_retry.builtin_handlers import (
+        ConnectionErrorRetryHandler,
+        ServerErrorRetryHandler,
+    )
+    from slack_sdk.webhook import WebhookClient
+
+    client = WebhookClient(
+        url,
+        timeout=10,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=retries),
+            ServerErrorRetryHandler(max_retry_count=retries),
+        ],
+    )
+    try:
+        response = client.send(text=message.text, blocks=message.blocks)
+        if response.status_code == 200:
+            return Delivery("slack", True, "posted")
+        problem = f"Slack answered {response.status_code}: {response.body[:200]}"
+    except Exception as exc:  # slack-sdk surfaces urllib errors of many kinds
+        problem = f"Slack unreachable: {type(exc).__name__}: {exc}"
+    path = write_outbox(state_dir, message, problem)
+    return Delivery("outbox", False, f"{problem}; kept in {path}")
+
+
+@task(name="notify", cache_policy=NONE)
+def notify(outcome: RunOutcome, params: Params) -> Delivery:
+    logger = get_run_logger()
+    message = build_message(outcome)
+    try:
+        url = webhook_url(params.notify)
+    except Exception as exc:  # the Prefect API may be down; the message must still be kept
+        logger.warning("could not read the Slack webhook secret: %s", exc)
+        url = None
+    delivery = send_message(message, url, params.state_dir, params.notify.retries)
+    log_fn = logger.info if delivery.delivered else logger.warning
+    log_fn("notification (%s): %s — %s", delivery.channel, message.text, delivery.detail)
+    return delivery

@@ -1,0 +1,297 @@
+"""Stage `train`: a scikit-learn Pipeline (its own encoding included), tracked in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import logging
+import os
+import pickle
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+from sklearn.base import ClassifierMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OrdinalEncoder
+
+from tasks.config import Params, load_params
+from tasks.data import DataVersion, read_batch, split_holdout
+
+log = logging.getLogger(__name__)
+
+LINEAGE_TAGS = ("ct.data_md5", "ct.git_commit", "ct.params_hash")
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store or registry cannot be reached or written."""
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A fitted candidate and where MLflow keeps it."""
+
+    pipeline: Pipeline
+    run_id: str
+    model_uri: str
+    data_md5: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """A finished run on the same data, params and code: retraining it would change nothing."""
+
+    run_id: str
+    decision: str
+    model_version: str | None
+
+
+def make_estimator(params: Params) -> ClassifierMixin:
+    """The configured classifier, seeded and with its thread count set explicitly."""
+    module_name, _, class_name = params.train.estimator.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"train.estimator {params.train.estimator!r} cannot be imported") from exc
+    kwargs = dict(params.train.hyperparameters)
+    accepted = cls().get_params()
+    for key, value in (("random_state", params.train.seed), ("n_jobs", params.train.n_jobs)):
+        if key in accepted:
+            kwargs.setdefault(key, value)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown and not module_name.startswith("lightgbm"):
+        raise ValueError(f"train.hyperparameters {unknown} are not parameters of {cls.__name__}")
+    estimator: ClassifierMixin = cls(**kwargs)
+    return estimator
+
+
+def build_pipeline(params: Params) -> Pipeline:
+    """Encoding + estimator in one object, so every model scores raw batch rows the same way."""
+    data = params.data
+    encoder = OrdinalEncoder(
+        handle_unknown="use_encoded_value",
+        unknown_value=-1,
+        encoded_missing_value=-1,
+        dtype="float64",
+    )
+    columns = ColumnTransformer(
+        [
+            ("numeric", "passthrough", data.numeric_features),
+            ("categorical", encoder, data.categorical_features),
+        ],
+        remainder="drop",
+        verbose_feature_names_out=False,
+    )
+    return Pipeline([("columns", columns), ("model", make_estimator(params))])
+
+
+def train_model(df: pd.DataFrame, params: Params) -> Pipeline:
+    """Fit the pipeline on ``df`` (features and label as named in params); deterministic."""
+    data = params.data
+    missing = sorted(set([*data.features, data.label]) - set(df.columns))
+    if missing:
+        raise ValueError(f"training data lacks columns {missing}")
+    pipeline = build_pipeline(params)
+    fit_params: dict[str, Any] = {}
+    if params.train.estimator.startswith("lightgbm."):
+        first_cat = len(data.numeric_features)
+        fit_params["model__categorical_feature"] = list(
+            range(first_cat, first_cat + len(data.categorical_features))
+        )
+    pipeline.fit(df[data.features], df[data.label].to_numpy(), **fit_params)
+    return pipeline
+
+
+def code_version(root: Path | None = None) -> str:
+    """The git commit of the ctflows code; uncommitted changes add a hash of the diff.
+
+    Two runs share a code version only when they run exactly the same code.
+    """
+    where = str(root or Path(__file__).resolve().parents[1])
+    head = subprocess.run(
+        ["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    if head.returncode != 0:
+        return "unknown"
+    diff = subprocess.run(
+        ["git", "-C", where, "diff", "HEAD", "--", "tasks", "flows", "expectations"],
+        capture_output=True,
+        check=False,
+    ).stdout
+    commit = head.stdout.strip()
+    return f"{commit}-dirty-{hashlib.sha256(diff).hexdigest()[:10]}" if diff else commit
+
+
+def tracking_uri(params: Params) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else params, else a SQLite file in the state dir."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or params.mlflow.tracking_uri
+        or f"sqlite:///{(params.state_dir / 'mlflow.db').resolve()}"
+    )
+
+
+def setup_tracking(params: Params) -> str:
+    """Point MLflow at the store and return the experiment id, creating it on first use."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(params)
+    if uri.startswith("sqlite:///"):
+        params.state_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(params.mlflow.experiment)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (params.state_dir / "mlartifacts").resolve().as_uri()
+        return str(mlflow.create_experiment(params.mlflow.experiment, artifact_location=location))
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow tracking store {uri} is not usable: {exc}") from exc
+    except OSError as exc:  # connection refused, DNS, ...
+        raise TrackingError(f"MLflow tracking store {uri} did not answer: {exc}") from exc
+
+
+def find_previous_run(
+    experiment_id: str, data_md5: str, params_hash: str, git_commit: str
+) -> PreviousRun | None:
+    """The latest completed run with the same lineage, if any (never a dry run)."""
+    import mlflow
+
+    if git_commit == "unknown":
+        return None
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=(
+            f"tags.`ct.data_md5` = '{data_md5}' and tags.`ct.params_hash` = '{params_hash}' "
+            f"and tags.`ct.git_commit` = '{git_commit}' and tags.`ct.completed` = 'true' "
+            "and tags.`ct.dry_run` = 'false'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        return None
+    tags = runs[0].data.tags
+    return PreviousRun(
+        run_id=runs[0].info.run_id,
+        decision=tags.get("ct.decision", "unknown"),
+        model_version=tags.get("ct.model_version"),
+    )
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned requirements given explicitly: inferring them costs MLflow 7-10 s per model."""
+    from importlib.metadata import version
+
+    names = ["scikit-learn", "pandas", "numpy", "scipy", "lightgbm", "cloudpickle"]
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def log_candidate(
+    pipeline: Pipeline,
+    df: pd.DataFrame,
+    params: Params,
+    experiment_id: str,
+    lineage: dict[str, str],
+    dry_run: bool,
+) -> tuple[str, str]:
+    """Log params, lineage tags and the model with its signature; return (run_id, model_uri)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    sample = df[params.data.features].head(200)
+    signature = infer_signature(sample, pipeline.predict_proba(sample)[:, 1])
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.set_tags({**lineage, "ct.dry_run": str(dry_run).lower(), "ct.completed": "false"})
+        mlflow.log_params(
+            {
+                "estimator": params.train.estimator,
+                "seed": params.train.seed,
+                "train_rows": len(df),
+                **{f"hp.{k}": v for k, v in params.train.hyperparameters.items()},
+            }
+        )
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=signature,
+            pip_requirements=_pip_requirements(),
+            serialization_format="cloudpickle",
+        )
+    return run.info.run_id, info.model_uri
+
+
+@task(name="train-model", cache_policy=NONE)
+def train_candidate(
+    version: DataVersion, params: Params, experiment_id: str, lineage: dict[str, str], dry_run: bool
+) -> TrainedModel:
+    """Fit the candidate on the training split of the pulled batch and log it to MLflow."""
+    logger = get_run_logger()
+    assert version.local_path is not None, "train_candidate needs a pulled DataVersion"
+    train_df, _ = split_holdout(read_batch(version.local_path), params.data)
+    pipeline = train_model(train_df, params)
+    run_id, model_uri = log_candidate(pipeline, train_df, params, experiment_id, lineage, dry_run)
+    logger.info(
+        "trained %s on %d rows md5=%s run_id=%s",
+        params.train.estimator,
+        len(train_df),
+        version.short,
+        run_id,
+    )
+    return TrainedModel(pipeline, run_id, model_uri, version.md5, len(train_df))
+
+
+@task(name="setup-tracking", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def prepare_tracking(params: Params) -> str:
+    """Connect to the MLflow store (retried: a team server may blink) and return the experiment."""
+    experiment_id = setup_tracking(params)
+    get_run_logger().info("MLflow store %s, experiment %s", tracking_uri(params), experiment_id)
+    return experiment_id
+
+
+@task(name="find-previous-run", cache_policy=NONE)
+def lookup_previous_run(experiment_id: str, lineage: dict[str, str]) -> PreviousRun | None:
+    return find_previous_run(
+        experiment_id, lineage["ct.data_md5"], lineage["ct.params_hash"], lineage["ct.git_commit"]
+    )
+
+
+@task(name="complete-run", cache_policy=NONE)
+def complete_run(run_id: str) -> None:
+    """Mark the MLflow run as a finished decision, so an identical rerun is skipped."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_tag(run_id, "ct.completed", "true")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """dvc.yaml stage `train`: fit on the training split and pickle the pipeline."""
+    parser = argparse.ArgumentParser(description="Train the candidate pipeline on a batch.")
+    parser.add_argument("batch", type=Path, help="parquet batch to train on")
+    parser.add_argument("--model", type=Path, required=True, help="pickle file to write")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    train_df, _ = split_holdout(read_batch(args.batch), params.data)
+    pipeline = train_model(train_df, params)
+    args.model.parent.mkdir(parents=True, exist_ok=True)
+    args.model.write_bytes(pickle.dumps(pipeline))
+    print(f"trained {params.train.estimator} on {len(train_df)} rows -> {args.model}")
+
+
+if __name__ == "__main__":
+    main()
