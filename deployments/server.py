@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 class ServerError(RuntimeError):
@@ -39,6 +40,31 @@ def wait_healthy(api_url: str, timeout: float, proc: subprocess.Popen[bytes] | N
         except OSError:
             time.sleep(0.3)
     raise ServerError(f"Prefect server at {api_url} not healthy after {timeout:.0f}s")
+
+
+def runtime_settings() -> dict[Any, Any]:
+    """Prefect settings of every long-lived ctflows process (demo, bench, serve, tests).
+
+    Flow-run heartbeats are off: in Prefect 3.8 the heartbeat thread is joined at the end of
+    every run and sleeps in 1 s steps, which added 0.5-1 s to each run (measured by
+    `make bench`); the open-source server acts on heartbeats only through an automation
+    you create. Set PREFECT_FLOWS_HEARTBEAT_FREQUENCY in the environment to keep them.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    if os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
+        return {}
+    return {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+
+
+def _flush_prefect_logs() -> None:
+    """Send buffered run logs while the server is still up (else they are lost at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=10)
 
 
 @contextlib.contextmanager
@@ -73,8 +99,11 @@ def prefect_server(home: Path, port: int | None = None, timeout: float = 90.0) -
         os.environ["PREFECT_HOME"] = str(home.resolve())
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            yield api_url
+        with temporary_settings(updates={PREFECT_API_URL: api_url, **runtime_settings()}):
+            try:
+                yield api_url
+            finally:
+                _flush_prefect_logs()
     finally:
         for key, value in saved.items():
             if value is None:

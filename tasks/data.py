@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import subprocess
 from dataclasses import dataclass
@@ -180,6 +181,18 @@ def read_batch(path: Path) -> pd.DataFrame:
             f"data file {path} is unreadable ({type(exc).__name__}: {exc}); "
             "is it a complete parquet file? Re-run `dvc push` from where it was produced."
         ) from exc
+
+
+@functools.lru_cache(maxsize=2)
+def read_version(version: DataVersion) -> pd.DataFrame:
+    """The pulled batch of ``version``, read once per process and shared by the stages.
+
+    Safe to share because DVC objects are content-addressed: the md5 pins the bytes.
+    Callers must not modify the frame in place.
+    """
+    if version.local_path is None:
+        raise DataError(f"{version.path}@{version.rev[:10]} has not been pulled yet")
+    return read_batch(version.local_path)
 
 
 def _git(repo: str, *args: str) -> str:

@@ -19,7 +19,7 @@ from prefect.cache_policies import NONE
 from sklearn import metrics as skm
 
 from tasks.config import DataParams, GateParams, Params, load_params
-from tasks.data import DataVersion, read_batch, split_holdout
+from tasks.data import DataVersion, read_batch, read_version, split_holdout
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +267,7 @@ def evaluate_candidate(
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     logger = get_run_logger()
-    assert version.local_path is not None, "evaluate_candidate needs a pulled DataVersion"
-    _, holdout = split_holdout(read_batch(version.local_path), params.data)
+    _, holdout = split_holdout(read_version(version), params.data)
     report = compare(candidate, champion, holdout, params.gates, params.data)
     log_report(report, run_id)
     create_table_artifact(report.table_rows(), key="gate-report", description=report.decision)

@@ -22,7 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
 from tasks.config import Params, load_params
-from tasks.data import DataVersion, read_batch, split_holdout
+from tasks.data import DataVersion, read_batch, read_version, split_holdout
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +239,7 @@ def train_candidate(
 ) -> TrainedModel:
     """Fit the candidate on the training split of the pulled batch and log it to MLflow."""
     logger = get_run_logger()
-    assert version.local_path is not None, "train_candidate needs a pulled DataVersion"
-    train_df, _ = split_holdout(read_batch(version.local_path), params.data)
+    train_df, _ = split_holdout(read_version(version), params.data)
     pipeline = train_model(train_df, params)
     run_id, model_uri = log_candidate(pipeline, train_df, params, experiment_id, lineage, dry_run)
     logger.info(

@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.config import ConfigError, Params, load_params
-from tasks.data import DataVersion, read_batch
+from tasks.data import DataVersion, read_batch, read_version
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,7 @@ def validate_batch(df: pd.DataFrame, params: Params) -> ValidationResult:
 def validate_data(version: DataVersion, params: Params) -> ValidationResult:
     """Validate the pulled batch; raise DataValidationError so the run stops before training."""
     logger = get_run_logger()
-    assert version.local_path is not None, "validate_data needs a pulled DataVersion"
-    result = validate_batch(read_batch(version.local_path), params)
+    result = validate_batch(read_version(version), params)
     if not result.success:
         for failure in result.failures:
             logger.error("md5=%s %s", version.short, failure)

@@ -1,0 +1,74 @@
+"""Test helpers shared by unit and integration tests: small params and a Slack recorder."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.config import Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_params(folder: Path, **overrides: dict[str, Any]) -> Path:
+    """The repo's params.yaml with state in ``folder``, small models, and section overrides."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["project"]["state_dir"] = str(folder / "state")
+    raw["validate"]["suite"] = str(ROOT / "expectations" / "churn_batch.json")
+    raw["train"]["hyperparameters"].update(n_estimators=40, num_leaves=15)
+    raw["deploy"]["target"] = "dry-run"
+    for section, values in overrides.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    path = folder / "params.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def small_params(folder: Path, **overrides: dict[str, Any]) -> Params:
+    return load_params(write_params(folder, **overrides))
+
+
+class SlackRecorder:
+    """A local HTTP server standing in for a Slack incoming webhook; it records every post."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.status = 200
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if recorder.status == 200:
+                    recorder.messages.append(json.loads(body))
+                    reply = b"ok"
+                else:
+                    reply = b"service_unavailable"
+                self.send_response(recorder.status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/XXXX"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> SlackRecorder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def texts(self) -> list[str]:
+        return [m.get("text", "") for m in self.messages]
