@@ -50,6 +50,9 @@ ui: $(STAMP)  ## MLflow UI on :5000 and Prefect UI on :4200, over what the demo 
 	PREFECT_HOME=$(CURDIR)/.ctflows/prefect $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200 & \
 	wait
 
+serve: $(STAMP)  ## Prefect server + served deployments (schedule, data-landed trigger, manual, drift) + webhook on :8787
+	$(PY) -m deployments.serve --server --webhook-port 8787
+
 lock:  ## re-pin requirements.lock from pyproject.toml's ranges
 	$(PY) -m pip install --quiet uv
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock

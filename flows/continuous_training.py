@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.config import load_params
+from tasks.config import Params, load_params
 from tasks.data import pull_data, resolve_data
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate
@@ -14,6 +14,7 @@ from tasks.promote import get_champion, promote_model, restore_champion
 from tasks.train import (
     code_version,
     complete_run,
+    hold_training_lock,
     lookup_previous_run,
     prepare_tracking,
     train_candidate,
@@ -26,7 +27,9 @@ def continuous_training(
     rev: str | None = None,
     path: str | None = None,
     repo: str | None = None,
+    md5: str | None = None,
     dry_run: bool = False,
+    force: bool = False,
     params_file: str = "params.yaml",
 ) -> RunOutcome:
     """Retrain on one DVC data version and ship the candidate only if it passes the gates.
@@ -35,18 +38,35 @@ def continuous_training(
         rev: git revision of the data repository (default: ``data.rev`` in params).
         path: DVC-tracked file to train on (default: ``data.path``).
         repo: git+DVC repository holding the data (default: ``data.repo``).
+        md5: the DVC md5 the caller expects at ``rev`` (from a data-landed event); the run
+            fails if the revision holds other data.
         dry_run: train and gate, but change neither the registry nor the cluster.
+        force: retrain even if this data, params and code were already decided, and skip the
+            no-regression and significance gates; data validation and all other gates apply.
         params_file: the params.yaml to use.
     """
-    logger = get_run_logger()
     params = load_params(params_file)
+    with hold_training_lock(params):
+        return _continuous_training(params, rev, path, repo, md5, dry_run, force)
+
+
+def _continuous_training(
+    params: Params,
+    rev: str | None,
+    path: str | None,
+    repo: str | None,
+    md5: str | None,
+    dry_run: bool,
+    force: bool,
+) -> RunOutcome:
+    logger = get_run_logger()
     outcome = RunOutcome("failed", params.registry.model_name, flow_run=flow_run.ui_url)
     step = "setup"
     try:
         experiment_id = prepare_tracking(params)
         step = "pull"
         version = resolve_data(
-            repo or params.data.repo, path or params.data.path, rev or params.data.rev
+            repo or params.data.repo, path or params.data.path, rev or params.data.rev, md5
         )
         outcome = RunOutcome(
             outcome.kind, outcome.model_name, version.md5, flow_run=outcome.flow_run
@@ -55,8 +75,11 @@ def continuous_training(
             "ct.data_md5": version.md5,
             "ct.git_commit": code_version(),
             "ct.params_hash": params.params_hash(),
+            "ct.data_repo": version.repo,
+            "ct.data_path": version.path,
+            "ct.data_rev": version.rev,
         }
-        previous = None if dry_run else lookup_previous_run(experiment_id, lineage)
+        previous = None if dry_run or force else lookup_previous_run(experiment_id, lineage)
         if previous is not None:
             logger.info(
                 "skipping: run %s already decided %s on this data, params and code",
@@ -89,6 +112,7 @@ def continuous_training(
             version,
             params,
             trained.run_id,
+            force,
         )
         if report.decision == "reject" or dry_run:
             kind: Kind = "rejected" if report.decision == "reject" else "dry-run"

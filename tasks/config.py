@@ -85,12 +85,69 @@ class TrainParams(_Section):
         return value
 
 
-class GateParams(_Section):
-    primary_metric: MetricName = "roc_auc"
-    minimums: dict[MetricName, float] = Field(default_factory=dict)
-    max_regression: float = Field(0.0, ge=0.0)
+class NoRegressionPolicy(_Section):
+    enabled: bool = True
+    tolerance: float = Field(0.002, ge=0.0)
+
+
+class SignificancePolicy(_Section):
+    enabled: bool = True
     min_improvement: float = Field(0.0, ge=0.0)
+    resamples: int = Field(1000, ge=50, le=100_000)
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    seed: int = 0
+
+
+class LatencyPolicy(_Section):
+    enabled: bool = True
+    batch_size: int = Field(1000, ge=1)
+    repeats: int = Field(30, ge=5)
+    warmup: int = Field(3, ge=0)
+    max_p95_ms: float | None = Field(250.0, gt=0)
+    max_ratio: float | None = Field(1.5, gt=0)
+
+
+class SizePolicy(_Section):
+    enabled: bool = True
+    max_model_bytes: int | None = Field(50_000_000, gt=0)
+    max_predict_peak_bytes: int | None = Field(512_000_000, gt=0)
+
+
+class FairnessPolicy(_Section):
+    enabled: bool = True
+    sensitive_column: str = "gender"
+    slice_columns: list[str] = Field(default_factory=list)
+    min_slice_rows: int = Field(50, ge=1)
+    max_slice_gap: float | None = Field(0.15, ge=0)
+    max_parity_difference: float | None = Field(0.2, ge=0)
+    max_gap_widening: float | None = Field(0.02, ge=0)
+
+
+class ParityPolicy(_Section):
+    enabled: bool = True
+    max_psi: float | None = Field(0.25, ge=0)
+    max_flip_rate: float | None = Field(0.2, ge=0, le=1)
+
+
+class ReproducibilityPolicy(_Section):
+    enabled: bool = False
+    tolerance: float = Field(0.0, ge=0)
+
+
+class GateParams(_Section):
+    """The promotion policy: every gate optional, each with its thresholds."""
+
+    primary_metric: MetricName = "roc_auc"
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)  # serving decision threshold
     fail_run_on_reject: bool = False
+    minimums: dict[MetricName, float] = Field(default_factory=dict)
+    no_regression: NoRegressionPolicy = NoRegressionPolicy()
+    significance: SignificancePolicy = SignificancePolicy()
+    latency: LatencyPolicy = LatencyPolicy()
+    size: SizePolicy = SizePolicy()
+    fairness: FairnessPolicy = FairnessPolicy()
+    parity: ParityPolicy = ParityPolicy()
+    reproducibility: ReproducibilityPolicy = ReproducibilityPolicy()
 
 
 class RegistryParams(_Section):
@@ -132,6 +189,55 @@ class NotifyParams(_Section):
     retries: int = Field(2, ge=0)
 
 
+class ScheduleParams(_Section):
+    cron: str = "0 3 * * 1"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"expected a 5-field cron expression, got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+
+class WebhookParams(_Section):
+    secret_env: str = "CTFLOWS_WEBHOOK_SECRET"
+    secret_block: str | None = "ctflows-webhook-secret"
+    tolerance_seconds: int = Field(300, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1)
+
+
+class TriggerParams(_Section):
+    """How retraining starts: the schedule, the data-landed event, the webhook."""
+
+    schedule: ScheduleParams = ScheduleParams()
+    event: str = "ctflows.data.landed"
+    webhook: WebhookParams = WebhookParams()
+    poll_seconds: int = Field(1, ge=1)  # how often `make serve` looks for scheduled runs
+
+
+class DriftParams(_Section):
+    schedule: ScheduleParams = ScheduleParams(cron="0 6 * * *")
+    ks_pvalue: float = Field(0.001, gt=0, lt=1)
+    chi2_pvalue: float = Field(0.001, gt=0, lt=1)
+    psi_threshold: float = Field(0.2, gt=0)
+    max_null_increase: float = Field(0.05, ge=0, le=1)
+    min_drifted_features: int = Field(1, ge=1)
+    event: str = "ctflows.drift.detected"
+
+
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     data: DataParams
@@ -143,6 +249,8 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     deploy: DeployParams
     notify: NotifyParams = NotifyParams()
+    triggers: TriggerParams = TriggerParams()
+    drift: DriftParams = DriftParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -8,18 +8,21 @@ import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.config import DataParams, load_params
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
 
-EPOCH = pd.Timestamp("2026-01-01")  # timestamps are naive UTC
+EPOCH = "2026-01-01"  # batches start here; timestamps are naive UTC
 CONTRACTS = ("month-to-month", "one-year", "two-year")
 PAYMENT_METHODS = ("card", "bank-transfer", "electronic-check", "mailed-check")
 INTERNET_SERVICES = ("dsl", "fiber", "none")
@@ -54,6 +57,8 @@ def make_batch(day: int, rows: int, seed: int = 0, drift: float = 0.0) -> pd.Dat
     contracts, higher charges, fewer sessions) and the label mechanism (concept drift:
     support tickets matter more, tenure less), in proportion to its value.
     """
+    import pandas as pd
+
     if rows <= 0:
         raise ValueError(f"rows must be positive, got {rows}")
     rng = np.random.default_rng([seed, day, 20261122])
@@ -108,7 +113,9 @@ def make_batch(day: int, rows: int, seed: int = 0, drift: float = 0.0) -> pd.Dat
     return pd.DataFrame(
         {
             "customer_id": np.arange(n, dtype=np.int64) + 10_000_000 * (day + 1) + seed * 100,
-            "event_time": EPOCH + pd.Timedelta(days=day) + pd.to_timedelta(seconds, unit="s"),
+            "event_time": pd.Timestamp(EPOCH)
+            + pd.Timedelta(days=day)
+            + pd.to_timedelta(seconds, unit="s"),
             "tenure_months": tenure,
             "monthly_charges": monthly,
             "total_charges": total,
@@ -160,6 +167,8 @@ def _shift(probs: list[float], drift: float) -> list[float]:
 
 def split_holdout(df: pd.DataFrame, data: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Deterministic train/holdout split on a hash of the id column, stable across batches."""
+    import pandas as pd
+
     key = pd.util.hash_pandas_object(df[data.id_column], index=False, hash_key=_hash_key(data))
     cutoff = np.uint64(int(data.holdout_fraction * 2**64))
     is_holdout = key.to_numpy() < cutoff
@@ -172,6 +181,8 @@ def _hash_key(data: DataParams) -> str:
 
 def read_batch(path: Path) -> pd.DataFrame:
     """Read a parquet batch; a missing, truncated or non-parquet file is a DataError naming it."""
+    import pandas as pd
+
     try:
         return pd.read_parquet(path)
     except FileNotFoundError as exc:
@@ -292,9 +303,13 @@ def _run(cwd: Path, *cmd: str) -> None:
 
 
 @task(name="resolve-data", cache_policy=NONE)
-def resolve_data(repo: str, path: str, rev: str) -> DataVersion:
+def resolve_data(repo: str, path: str, rev: str, expected_md5: str | None = None) -> DataVersion:
     """The data's identity (DVC md5) at ``rev``, read from git without fetching the data."""
     version = resolve_version(repo, path, rev)
+    if expected_md5 and expected_md5 != "None" and expected_md5 != version.md5:
+        raise DataError(
+            f"{path}@{rev} holds md5 {version.md5}, not the {expected_md5} the caller announced"
+        )
     get_run_logger().info("%s@%s is md5=%s", path, version.rev[:10], version.md5)
     return version
 

@@ -20,13 +20,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["promoted", "rejected", "failed", "skipped", "dry-run"]
+Kind = Literal["promoted", "rejected", "failed", "skipped", "dry-run", "drift", "no-drift"]
 EMOJI = {
     "promoted": ":rocket:",
     "rejected": ":no_entry:",
     "failed": ":rotating_light:",
     "skipped": ":repeat:",
     "dry-run": ":test_tube:",
+    "drift": ":chart_with_upwards_trend:",
+    "no-drift": ":white_check_mark:",
 }
 
 
@@ -48,6 +50,7 @@ class RunOutcome:
     error: str | None = None
     deploy: str | None = None
     flow_run: str | None = None
+    report: str | None = None
 
     def with_report(self, report: GateReport) -> RunOutcome:
         """This outcome with the primary metric of both models and the failed gates."""
@@ -57,6 +60,10 @@ class RunOutcome:
             candidate=report.candidate_primary,
             champion=report.champion_primary,
             failed_gates=tuple(f"{g.name}: {g.reason}" for g in report.failed),
+            report=(
+                f"MLflow run `{self.run_id}`, artifacts `gates/` (report.json, report.md, plots); "
+                "Prefect artifacts `gate-report` and `gate-summary`"
+            ),
         )
 
     def line(self) -> str:
@@ -97,6 +104,8 @@ def build_message(outcome: RunOutcome) -> Message:
         "failed": f"{outcome.model_name} continuous training failed at {outcome.step}",
         "skipped": f"{outcome.model_name}: already trained on this data, params and code",
         "dry-run": f"{outcome.model_name} dry run: nothing promoted",
+        "drift": f"{outcome.model_name}: data drift in {len(outcome.failed_gates)} features",
+        "no-drift": f"{outcome.model_name}: no data drift",
     }[outcome.kind]
     text = f"{EMOJI[outcome.kind]} {title}"
     facts = [f"*Data md5*\n`{outcome.data_md5 or '-'}`"]
@@ -116,14 +125,22 @@ def build_message(outcome: RunOutcome) -> Message:
     ]
     if outcome.failed_gates:
         gates = "\n".join(f"• {g}" for g in outcome.failed_gates)
+        heading = "Drifted features" if outcome.kind == "drift" else "Failed gates"
         blocks.append(
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Failed gates*\n{gates}"}}
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{heading}*\n{gates}"}}
         )
     if outcome.error:
         blocks.append(
             {
                 "type": "section",
                 "text": {"type": "mrkdwn", "text": f"*Error*\n```{outcome.error[:2800]}```"},
+            }
+        )
+    if outcome.report:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"*Gate report*\n{outcome.report}"},
             }
         )
     if outcome.flow_run:

@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.config import Params
+from tasks.data import DataVersion
 from tasks.train import TrackingError, TrainedModel
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,25 @@ def get_champion(params: Params) -> Champion | None:
             champion.run_id,
         )
     return champion
+
+
+@task(name="champion-data", cache_policy=NONE)
+def champion_data_version(params: Params) -> DataVersion | None:
+    """The data version the champion was trained on, from its run's lineage tags."""
+    from mlflow.tracking import MlflowClient
+
+    version = current_champion_version(params.registry.model_name, params.registry.alias)
+    if version is None:
+        return None
+    client = MlflowClient()
+    run_id = str(client.get_model_version(params.registry.model_name, version).run_id)
+    tags = client.get_run(run_id).data.tags
+    try:
+        return DataVersion(
+            tags["ct.data_repo"], tags["ct.data_path"], tags["ct.data_rev"], tags["ct.data_md5"]
+        )
+    except KeyError as exc:
+        raise TrackingError(f"champion v{version} (run {run_id}) lacks lineage tag {exc}") from exc
 
 
 @task(name="restore-champion", cache_policy=NONE)

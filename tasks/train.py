@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import logging
 import os
 import pickle
 import subprocess
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
-from sklearn.base import ClassifierMixin
-from sklearn.compose import ColumnTransformer
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OrdinalEncoder
 
 from tasks.config import Params, load_params
 from tasks.data import DataVersion, read_batch, read_version, split_holdout
+
+if TYPE_CHECKING:  # heavy imports stay out of module import: served runs start faster
+    import pandas as pd
+    from sklearn.base import ClassifierMixin
+    from sklearn.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,29 @@ class PreviousRun:
     model_version: str | None
 
 
+def training_lock(params: Params) -> str:
+    """Name of the global concurrency limit held by every training run of one model."""
+    return f"ctflows-train-{params.registry.model_name}"
+
+
+@contextlib.contextmanager
+def hold_training_lock(params: Params) -> Iterator[None]:
+    """Hold the model's one training slot: runs of the same model never overlap.
+
+    Creates the limit (1 slot) on first use; a second run waits for the first to finish.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    name = training_lock(params)
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    with concurrency(name, occupy=1, strict=True):
+        yield
+
+
 def make_estimator(params: Params) -> ClassifierMixin:
     """The configured classifier, seeded and with its thread count set explicitly."""
     module_name, _, class_name = params.train.estimator.rpartition(".")
@@ -74,6 +100,10 @@ def make_estimator(params: Params) -> ClassifierMixin:
 
 def build_pipeline(params: Params) -> Pipeline:
     """Encoding + estimator in one object, so every model scores raw batch rows the same way."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
     data = params.data
     encoder = OrdinalEncoder(
         handle_unknown="use_encoded_value",
@@ -212,7 +242,9 @@ def log_candidate(
     from mlflow.models import infer_signature
 
     sample = df[params.data.features].head(200)
-    signature = infer_signature(sample, pipeline.predict_proba(sample)[:, 1])
+    with warnings.catch_warnings():  # integer columns are intended: nulls fail validation first
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(sample, pipeline.predict_proba(sample)[:, 1])
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.set_tags({**lineage, "ct.dry_run": str(dry_run).lower(), "ct.completed": "false"})
         mlflow.log_params(

@@ -55,7 +55,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Works
     monkeypatch.delenv("KUBECONFIG", raising=False)
     with SlackRecorder() as slack:
         monkeypatch.setenv("CTFLOWS_SLACK_WEBHOOK_URL", slack.url)
-        params_file = write_params(tmp_path / "project")
         data_repo, remote = tmp_path / "data-repo", tmp_path / "dvc-remote"
+        params_file = write_params(tmp_path / "project", data={"repo": str(data_repo)})
         init_data_repo(data_repo, remote)
         yield Workspace(tmp_path, params_file, data_repo, remote, slack)

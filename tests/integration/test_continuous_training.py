@@ -63,7 +63,7 @@ def test_run_carries_lineage_signature_and_report(workspace):
     assert tags["ct.params_hash"] == ws.params.params_hash()
     assert len(tags["ct.git_commit"].split("-")[0]) == 40
     assert run.data.metrics["holdout_roc_auc"] == pytest.approx(outcome.candidate)
-    assert run.data.params["hp.n_estimators"] == "40"
+    assert run.data.params["hp.num_leaves"] == "15"
     version = client.get_model_version("churn-classifier", outcome.version)
     model = mlflow.pyfunc.load_model(f"models:/churn-classifier/{outcome.version}")
     inputs = {c.name for c in model.metadata.get_input_schema().inputs}
@@ -147,3 +147,29 @@ def test_dvc_repro_reproduces_the_flow_metrics(workspace, tmp_path):
     flow_metrics = MlflowClient(tracking_uri(ws.params)).get_run(outcome.run_id).data.metrics
     for name, value in repro.items():
         assert flow_metrics[f"holdout_{name}"] == pytest.approx(value, abs=1e-9), name
+
+
+def test_force_retrains_but_never_skips_validation(workspace):
+    ws = workspace
+    rev = ws.land_day(1, 3_000)
+    first = ws.run(rev)
+    forced = ws.run(rev, force=True)
+    assert forced.kind == "promoted" and forced.version == "2"  # a tie, promoted by force
+    bad = ws.land(corrupt_batch(make_batch(2, 3_000)), "corrupted")
+    with pytest.raises(DataValidationError):
+        ws.run(bad, force=True)
+    assert champion_version(ws) == "2" and first.version == "1"
+
+
+def test_rejection_names_failed_gates_and_where_the_report_is(workspace):
+    ws = workspace
+    rev = ws.land_day(1, 3_000)
+    ws.run(rev)
+    ws.params_file.write_text(ws.params_file.read_text().replace("seed: 42", "seed: 43"))
+    rejected = ws.run(rev)  # same data, another seed: no significant gain
+    assert rejected.kind == "rejected"
+    message = json.dumps(ws.slack.messages[-1])
+    assert "significance" in message and "gates/" in message and rejected.run_id in message
+    client = MlflowClient(tracking_uri(ws.params))
+    files = {f.path for f in client.list_artifacts(rejected.run_id, "gates")}
+    assert {"gates/report.json", "gates/curves.png", "gates/bootstrap.png"} <= files

@@ -1,10 +1,22 @@
+"""Every gate on models and data made to pass it and to fail it."""
+
 import math
+import time
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from tasks.data import make_batch, split_holdout
-from tasks.evaluate import EvaluationError, compare, compute_metrics
+from tasks.evaluate import (
+    EvaluationError,
+    bootstrap_gain,
+    compare,
+    compute_metrics,
+    metric_value,
+    psi,
+    reproducibility_gate,
+)
 from tasks.train import train_model
 from tests.helpers import small_params
 
@@ -16,7 +28,43 @@ class Fixed:
         self.scores = np.asarray(scores, dtype=float)
 
     def predict_proba(self, X):
-        return np.column_stack([1 - self.scores, self.scores])
+        s = self.scores[: len(X)]
+        return np.column_stack([1 - s, s])
+
+
+class Jittered:
+    """The champion plus a little noise on its scores."""
+
+    def __init__(self, model, scale, seed=0):
+        self.model, self.scale, self.seed = model, scale, seed
+
+    def predict_proba(self, X):
+        p = self.model.predict_proba(X)[:, 1]
+        noisy = np.clip(p + np.random.default_rng(self.seed).normal(0, self.scale, len(p)), 0, 1)
+        return np.column_stack([1 - noisy, noisy])
+
+
+class Slow:
+    def __init__(self, model, factor):
+        self.model, self.factor = model, factor
+
+    def predict_proba(self, X):
+        started = time.perf_counter()
+        out = self.model.predict_proba(X)
+        time.sleep((self.factor - 1) * (time.perf_counter() - started))
+        return out
+
+
+class Biased:
+    """Pushes scores up for one slice of the sensitive column."""
+
+    def __init__(self, model, column, value, shift):
+        self.model, self.column, self.value, self.shift = model, column, value, shift
+
+    def predict_proba(self, X):
+        p = self.model.predict_proba(X)[:, 1]
+        p = np.clip(p + self.shift * (X[self.column].to_numpy() == self.value), 0, 1)
+        return np.column_stack([1 - p, p])
 
 
 class Broken:
@@ -25,94 +73,264 @@ class Broken:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def world(tmp_path_factory):
+    """A champion trained on little data, a clearly better one trained on much more."""
     params = small_params(tmp_path_factory.mktemp("evaluate"))
-    train, holdout = split_holdout(make_batch(1, 8_000), params.data)
-    return params, train_model(train, params), holdout
+    small, _ = split_holdout(make_batch(1, 10_000), params.data)
+    big, _ = split_holdout(make_batch(2, 60_000), params.data)
+    _, holdout = split_holdout(make_batch(3, 30_000), params.data)
+    champion = train_model(small, params)
+    better = train_model(big, params)
+    return params, champion, better, holdout
 
 
-def test_no_champion_promotes_when_minimums_pass(setup):
-    params, model, holdout = setup
-    report = compare(model, None, holdout, params.gates, params.data)
+def gates_of(report):
+    return {g.name: g.status for g in report.gates}
+
+
+def test_no_champion_promotes_when_absolute_gates_pass(world):
+    params, champion, _, holdout = world
+    report = compare(champion, None, holdout, params.gates, params.data)
     assert report.decision == "promote"
-    statuses = {g.name: g.status for g in report.gates}
-    assert statuses == {
-        "minimum_roc_auc": "passed",
-        "no_regression": "skipped",
-        "improvement": "skipped",
-    }
+    status = gates_of(report)
+    assert status["minimum_roc_auc"] == "passed"
+    for name in ("no_regression", "significance", "gap_widening", "prediction_parity"):
+        assert status[name] == "skipped"
 
 
-def test_a_tie_never_promotes(setup):
-    params, model, holdout = setup
-    report = compare(model, model, holdout, params.gates, params.data)
+def test_a_clearly_better_model_is_promoted_with_a_confident_gain(world):
+    params, champion, better, holdout = world
+    report = compare(better, champion, holdout, params.gates, params.data)
+    assert report.decision == "promote", report.to_markdown()
+    gate = report.gate("significance")
+    assert gate.status == "passed" and "CI [+" in gate.reason
+    assert report.evidence.bootstrap_gains.shape == (params.gates.significance.resamples,)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.002, 0.01])
+def test_champion_plus_noise_is_never_promoted(world, scale):
+    params, champion, _, holdout = world
+    report = compare(Jittered(champion, scale), champion, holdout, params.gates, params.data)
     assert report.decision == "reject"
-    assert [g.name for g in report.failed] == ["improvement"]
+    assert gates_of(report)["significance"] == "failed"
 
 
-def test_worse_candidate_is_rejected_and_better_promoted(setup):
-    params, _model, holdout = setup
-    y = holdout["churned"].to_numpy()
-    good = Fixed(np.where(y == 1, 0.7, 0.3) + np.random.default_rng(0).normal(0, 0.25, len(y)))
-    noise = Fixed(np.random.default_rng(1).random(len(y)))
-    assert compare(noise, good, holdout, params.gates, params.data).decision == "reject"
-    report = compare(good, noise, holdout, params.gates, params.data)
-    assert report.decision == "promote"
-    assert report.candidate_primary > report.champion_primary
-
-
-def test_minimum_failure_names_metric_and_threshold(setup):
-    params, _, holdout = setup
-    noise = Fixed(np.random.default_rng(2).random(len(holdout)))
-    report = compare(noise, None, holdout, params.gates, params.data)
+def test_a_model_without_a_key_feature_regresses(world, tmp_path):
+    params, _, better, holdout = world
+    weak_params = small_params(
+        tmp_path,
+        data={
+            "categorical_features": ["payment_method", "internet_service", "region", "plan_tier"]
+        },
+    )  # no contract: the strongest feature
+    train, _ = split_holdout(make_batch(2, 60_000), params.data)
+    weak = train_model(train, weak_params)
+    report = compare(weak, better, holdout, params.gates, params.data)
     assert report.decision == "reject"
-    gate = report.failed[0]
-    assert gate.name == "minimum_roc_auc" and gate.threshold == 0.70
-    assert "roc_auc" in gate.reason
+    assert gates_of(report)["no_regression"] == "failed"
+    assert gates_of(report)["significance"] == "failed"
 
 
-def test_champion_that_cannot_score_is_a_failed_gate(setup):
-    params, model, holdout = setup
-    report = compare(model, Broken(), holdout, params.gates, params.data)
+def test_three_times_slower_is_rejected_even_when_more_accurate(world):
+    params, champion, better, holdout = world
+    report = compare(Slow(better, 3.0), champion, holdout, params.gates, params.data)
     assert report.decision == "reject"
-    assert any(
-        g.name == "champion_scoring" and "columns changed" in g.reason for g in report.failed
+    latency = report.gate("latency")
+    assert latency.status == "failed" and "x the champion" in latency.reason
+    assert gates_of(report)["significance"] == "passed"
+
+
+def test_latency_budget_in_milliseconds(world, tmp_path):
+    params, champion, _, holdout = world
+    tight = small_params(tmp_path, gates={"latency": {"max_p95_ms": 0.001}})
+    report = compare(champion, None, holdout, tight.gates, params.data)
+    assert report.gate("latency").status == "failed"
+    assert "budget" in report.gate("latency").reason
+
+
+def test_size_and_memory_budgets(world, tmp_path):
+    params, champion, _, holdout = world
+    tight = small_params(
+        tmp_path, gates={"size": {"max_model_bytes": 1000, "max_predict_peak_bytes": 10}}
+    )
+    report = compare(champion, None, holdout, tight.gates, params.data)
+    assert gates_of(report)["model_size"] == "failed"
+    assert gates_of(report)["predict_memory"] == "failed"
+    assert report.gate("model_size").candidate > 1000
+    assert (
+        compare(champion, None, holdout, params.gates, params.data).gate("model_size").status
+        == "passed"
     )
 
 
-def test_holdout_without_label_is_an_error(setup):
-    params, model, holdout = setup
-    with pytest.raises(EvaluationError, match="churned"):
-        compare(model, None, holdout.drop(columns=["churned"]), params.gates, params.data)
-
-
-def test_one_class_holdout_fails_instead_of_passing_silently(setup):
-    params, model, holdout = setup
-    one_class = holdout[holdout["churned"] == 0]
-    report = compare(model, None, one_class, params.gates, params.data)
+def test_a_model_biased_on_a_slice_is_rejected(world):
+    params, champion, better, holdout = world
+    biased = Biased(better, "gender", "nonbinary", 0.6)
+    report = compare(biased, champion, holdout, params.gates, params.data)
     assert report.decision == "reject"
-    assert "undefined" in report.failed[0].reason
+    status = gates_of(report)
+    assert status["demographic_parity"] == "failed"
+    assert status["gap_widening"] == "failed"
+    assert "gender" in report.gate("demographic_parity").reason
 
 
-@pytest.mark.parametrize("metric", ["log_loss", "brier"])
-def test_lower_is_better_metrics_as_primary(tmp_path, setup, metric):
-    _, _model, holdout = setup
-    params = small_params(tmp_path, gates={"primary_metric": metric, "minimums": {metric: 0.6}})
+def test_slice_gap_names_the_slices(world, tmp_path):
+    params, _, better, holdout = world
+    strict = small_params(tmp_path, gates={"fairness": {"max_slice_gap": 0.001}})
+    gate = compare(better, None, holdout, strict.gates, params.data).gate("slice_gap")
+    assert gate.status == "failed" and " vs " in gate.reason
+
+
+def test_prediction_parity_bounds_flips_and_psi(world, tmp_path):
+    params, champion, better, holdout = world
+    flipped = Fixed(1 - champion.predict_proba(holdout)[:, 1])
+    report = compare(flipped, champion, holdout, params.gates, params.data)
+    assert report.gate("prediction_parity").status == "failed"
+    same = compare(better, champion, holdout, params.gates, params.data).gate("prediction_parity")
+    assert same.status == "passed" and "flip" in same.reason
+
+
+def test_reproducibility_gate(world):
+    params, champion, _, holdout = world
+    train, _ = split_holdout(make_batch(1, 10_000), params.data)
+    assert (
+        reproducibility_gate(champion, train_model(train, params), holdout, 0.0).status == "passed"
+    )
+    other = train_model(train.sample(frac=0.9, random_state=1), params)
+    assert reproducibility_gate(champion, other, holdout, 0.0).status == "failed"
+
+
+def test_champion_that_no_longer_fits_the_data_is_a_failed_gate(world):
+    params, _, better, holdout = world
+    report = compare(better, Broken(), holdout, params.gates, params.data)
+    assert report.decision == "reject"
+    assert "columns changed" in report.gate("champion_scoring").reason
+
+
+@pytest.mark.parametrize("drop", ["churned", "tenure_months"])
+def test_holdout_without_label_or_feature_is_an_error_naming_it(world, drop):
+    params, champion, _, holdout = world
+    with pytest.raises(EvaluationError, match=drop):
+        compare(champion, None, holdout.drop(columns=[drop]), params.gates, params.data)
+
+
+def test_one_class_holdout_fails_instead_of_passing(world):
+    params, champion, _, holdout = world
+    report = compare(champion, None, holdout[holdout["churned"] == 0], params.gates, params.data)
+    assert report.decision == "reject"
+    assert "undefined" in report.gate("minimum_roc_auc").reason
+
+
+def test_a_one_class_slice_is_a_failed_gate_naming_it(world):
+    params, champion, _, holdout = world
+    odd = holdout.copy()
+    odd.loc[odd["region"] == "north", "churned"] = 0
+    report = compare(champion, None, odd, params.gates, params.data)
+    gate = report.gate("slice_metric")
+    assert gate.status == "failed" and "region=north" in gate.reason
+
+
+def test_missing_slice_column_fails_the_fairness_gate(world, tmp_path):
+    params, champion, _, holdout = world
+    strict = small_params(tmp_path, gates={"fairness": {"slice_columns": ["planet"]}})
+    report = compare(champion, None, holdout, strict.gates, params.data)
+    assert "planet" in report.gate("fairness").reason and report.decision == "reject"
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "brier", "accuracy", "f1", "pr_auc"])
+def test_every_primary_metric_gates_in_its_direction(world, tmp_path, metric):
+    params, _champion, _better, holdout = world
+    floor = {"log_loss": 0.6, "brier": 0.25, "accuracy": 0.5, "f1": 0.0, "pr_auc": 0.2}[metric]
+    policy = small_params(
+        tmp_path,
+        gates={
+            "primary_metric": metric,
+            "minimums": {metric: floor},
+            "parity": {"enabled": False},  # these made-up scores differ wildly by design
+            "fairness": {"enabled": False},
+        },
+    ).gates
     y = holdout["churned"].to_numpy()
-    sharp = Fixed(np.where(y == 1, 0.9, 0.1))
-    vague = Fixed(np.full(len(y), 0.5))
-    assert compare(sharp, vague, holdout, params.gates, params.data).decision == "promote"
-    assert compare(vague, sharp, holdout, params.gates, params.data).decision == "reject"
+    sharp = Fixed(
+        np.clip(
+            np.where(y == 1, 0.8, 0.2) + np.random.default_rng(0).normal(0, 0.2, len(y)), 0.01, 0.99
+        )
+    )
+    vague = Fixed(np.clip(0.3 + np.random.default_rng(1).normal(0, 0.2, len(y)), 0.01, 0.99))
+    assert compare(sharp, vague, holdout, policy, params.data).decision == "promote"
+    assert compare(vague, sharp, holdout, policy, params.data).decision == "reject"
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "log_loss", "brier", "accuracy", "f1", "pr_auc"])
+def test_fast_bootstrap_matches_a_plain_row_bootstrap(metric):
+    """The vectorized paired bootstrap agrees with resampling rows in Python."""
+    rng = np.random.default_rng(5)
+    n = 3_000
+    y = (rng.random(n) < 0.3).astype(int)
+    a = np.clip(0.3 + 0.3 * y + rng.normal(0, 0.2, n), 0.01, 0.99)
+    b = np.clip(0.3 + 0.2 * y + rng.normal(0, 0.2, n), 0.01, 0.99)
+    fast = bootstrap_gain(metric, y, a, b, 0.5, 2000, seed=1)
+    from tasks.evaluate import HIGHER_IS_BETTER
+
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    slow = []
+    for _ in range(300):
+        idx = rng.integers(0, n, n)
+        ma, mb = (
+            metric_value(metric, y[idx], a[idx], 0.5),
+            metric_value(metric, y[idx], b[idx], 0.5),
+        )
+        slow.append(sign * (ma - mb))
+    assert np.mean(fast) == pytest.approx(np.mean(slow), abs=0.25 * np.std(slow))
+    assert np.std(fast) == pytest.approx(np.std(slow), rel=0.2)
+
+
+def test_bootstrap_of_identical_scores_is_exactly_zero():
+    y = np.array([0, 1] * 500)
+    s = np.linspace(0.01, 0.99, 1000)
+    assert np.all(bootstrap_gain("roc_auc", y, s, s, 0.5, 200, 0) == 0)
+
+
+def test_psi_is_zero_for_equal_and_large_for_shifted():
+    rng = np.random.default_rng(0)
+    x = rng.random(10_000)
+    assert psi(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert psi(x, np.clip(x + 0.4, 0, 1)) > 1.0
 
 
 def test_metrics_are_nan_only_when_undefined():
     m = compute_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))
     assert m["roc_auc"] == 1.0 and m["accuracy"] == 1.0
+    assert roc_auc_score([0, 1], [0.2, 0.9]) == 1.0
     assert math.isnan(compute_metrics(np.zeros(4), np.full(4, 0.3))["roc_auc"])
 
 
-def test_report_markdown_lists_every_gate(setup):
-    params, model, holdout = setup
-    md = compare(model, model, holdout, params.gates, params.data).to_markdown()
-    for name in ("minimum_roc_auc", "no_regression", "improvement"):
-        assert name in md
+def test_report_renders_every_gate_and_serializes(world):
+    params, champion, better, holdout = world
+    report = compare(better, champion, holdout, params.gates, params.data)
+    md = report.to_markdown()
+    for gate in report.gates:
+        assert gate.name in md
+    import json
+
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["decision"] == "promote" and "candidate" in data["slices"]
+
+
+def test_plots_are_written(world, tmp_path):
+    from tasks.evaluate import write_plots
+
+    params, champion, better, holdout = world
+    report = compare(better, champion, holdout, params.gates, params.data)
+    names = {p.name for p in write_plots(report, tmp_path)}
+    assert names == {"curves.png", "scores.png", "slices.png", "bootstrap.png"}
+
+
+def test_force_skips_only_the_champion_comparison_gates(world):
+    params, champion, _, holdout = world
+    report = compare(champion, champion, holdout, params.gates, params.data, force=True)
+    status = gates_of(report)
+    assert status["no_regression"] == status["significance"] == "skipped"
+    assert report.decision == "promote"
+    slow = compare(Slow(champion, 3.0), champion, holdout, params.gates, params.data, force=True)
+    assert slow.decision == "reject" and gates_of(slow)["latency"] == "failed"

@@ -1,0 +1,228 @@
+"""Retraining started by a signed webhook on served deployments, exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.build import render
+from deployments.server import free_port
+from deployments.webhook import sign
+from tests.helpers import ROOT
+
+SECRET = "test-secret-not-for-production"
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def signed(body: bytes, ts: int | None = None, secret: str = SECRET) -> dict[str, str]:
+    stamp = str(ts if ts is not None else int(time.time()))
+    return {
+        "Content-Type": "application/json",
+        "X-Ctflows-Timestamp": stamp,
+        "X-Ctflows-Signature": sign(secret, stamp, body),
+    }
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def flow_runs_of(deployment_name: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(deployment_name)
+        except Exception:
+            return None
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
+
+
+@pytest.fixture
+def served(workspace, prefect_api, tmp_path):
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "PYTHONPATH": str(ROOT),
+        "CTFLOWS_WEBHOOK_SECRET": SECRET,
+        "CTFLOWS_SLACK_WEBHOOK_URL": workspace.slack.url,
+    }
+    port = free_port()
+    logs = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deployments.serve",
+            "--params",
+            str(workspace.params_file),
+            "--webhook-port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=logs,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(
+            lambda: flow_runs_of("continuous-training/on-new-data") is not None,
+            60,
+            "the served deployments",
+        )
+        wait_for(lambda: _health(port), 30, "the webhook receiver")
+        yield f"http://127.0.0.1:{port}/hooks/data-landed"
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+        logs.close()
+
+
+def _health(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def test_signed_webhook_starts_exactly_one_run_and_bad_requests_none(workspace, served):
+    ws = workspace
+    rev = ws.land_day(1, 3_000)
+    from tasks.data import resolve_version
+
+    md5 = resolve_version(str(ws.data_repo), "data/batch.parquet", rev).md5
+    body = json.dumps({"path": "data/batch.parquet", "rev": rev, "md5": md5}).encode()
+    bad = [
+        (b"{}", {"Content-Type": "application/json"}, 401),  # unsigned
+        (body, signed(body, secret="wrong"), 401),  # wrong secret
+        (body, signed(body, ts=int(time.time()) - 600), 401),  # stale
+        (b"x" * (1_048_576 + 1), signed(b"x" * (1_048_576 + 1)), 413),  # oversized
+        (b"{not json", signed(b"{not json"), 400),
+        (b'{"path": "data/batch.parquet"}', signed(b'{"path": "data/batch.parquet"}'), 422),
+    ]
+    for payload, headers, expected in bad:
+        status, answer = post(served, payload, headers)
+        assert status == expected, (expected, answer)
+        assert answer["error"]
+    assert flow_runs_of("continuous-training/on-new-data") == []
+
+    headers = signed(body)
+    status, first = post(served, body, headers)
+    assert status == 202, first
+    assert first["parameters"]["rev"] == rev and first["parameters"]["md5"] == md5
+    replay_status, _ = post(served, body, headers)
+    assert replay_status == 409
+    time.sleep(1.1)  # a second, freshly signed event for the same md5
+    status, second = post(served, body, signed(body))
+    assert status == 202 and second["flow_run_id"] == first["flow_run_id"]
+    assert second["duplicate"] is True
+
+    def finished():
+        runs = flow_runs_of("continuous-training/on-new-data")
+        return runs if runs and runs[0].state and runs[0].state.is_final() else None
+
+    runs = wait_for(finished, 180, "the flow run to finish")
+    assert len(runs) == 1
+    assert runs[0].state.is_completed(), runs[0].state
+    assert runs[0].parameters["rev"] == rev and runs[0].parameters["md5"] == md5
+    assert any("promoted" in t for t in ws.slack.texts())
+
+
+def test_committed_prefect_yaml_matches_the_definitions():
+    committed = (ROOT / "deployments" / "prefect.yaml").read_text()
+    assert committed == render(str(ROOT / "params.yaml"))
+    spec = yaml.safe_load(committed)
+    names = {d["name"] for d in spec["deployments"]}
+    assert names == {"scheduled", "on-new-data", "manual", "daily"}
+    landed = next(d for d in spec["deployments"] if d["name"] == "on-new-data")
+    trigger = landed["triggers"][0]
+    assert trigger["expect"] and trigger["match"]["prefect.resource.id"].endswith("batch.parquet")
+
+
+def test_prefect_deploy_all_accepts_the_project_file(prefect_api, tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    subprocess.run(
+        [prefect, "work-pool", "create", "ctflows", "--type", "process", "--overwrite"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    done = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        scheduled = client.read_deployment_by_name("continuous-training/scheduled")
+        assert scheduled.work_pool_name == "ctflows"
+        assert scheduled.schedules[0].schedule.cron == "0 3 * * 1"
+        drift = client.read_deployment_by_name("drift-monitor/daily")
+        assert drift.schedules[0].schedule.timezone == "UTC"
+
+
+def test_drift_emits_the_event_that_starts_retraining(workspace, served):
+    ws = workspace
+    first = ws.run(ws.land_day(1, 6_000))
+    assert first.kind == "promoted"
+    drifted_rev = ws.land_day(2, 6_000, drift=1.5)
+    from flows.drift_monitor import drift_monitor
+
+    report = drift_monitor(rev=drifted_rev, params_file=str(ws.params_file))
+    assert {"contract", "monthly_charges"} <= {f.feature for f in report.drifted}
+    assert any("drift" in t for t in ws.slack.texts())
+
+    def finished():
+        runs = flow_runs_of("continuous-training/on-new-data")
+        done = [r for r in runs or [] if r.state and r.state.is_final()]
+        return done or None
+
+    runs = wait_for(finished, 180, "the retraining the drift event triggers")
+    assert len(runs) == 1 and runs[0].parameters["rev"] == drifted_rev
+    assert runs[0].state.is_completed()
+
+
+def test_a_burst_of_bad_requests_starts_nothing_and_service_goes_on(served):
+    import concurrent.futures
+
+    body = b'{"path": "data/batch.parquet", "rev": "HEAD"}'
+    bad_headers = signed(body, secret="forged")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: post(served, body, bad_headers)[0], range(200)))
+    assert set(codes) == {401}
+    assert _health(int(served.split(":")[2].split("/")[0]))
+    assert flow_runs_of("continuous-training/on-new-data") == []
