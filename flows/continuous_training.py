@@ -10,7 +10,13 @@ from tasks.data import pull_data, resolve_data
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate
 from tasks.notify import Kind, RunOutcome, notify
-from tasks.promote import get_champion, promote_model, restore_champion
+from tasks.promote import (
+    finish_promotion,
+    get_champion,
+    promote_model,
+    recover_interrupted,
+    restore_champion,
+)
 from tasks.train import (
     code_version,
     complete_run,
@@ -64,6 +70,15 @@ def _continuous_training(
     step = "setup"
     try:
         experiment_id = prepare_tracking(params)
+        step = "recover"
+        recovered = recover_interrupted(params)
+        if recovered:
+            notify(
+                RunOutcome(
+                    "recovered", outcome.model_name, error=recovered, flow_run=outcome.flow_run
+                ),
+                params,
+            )
         step = "pull"
         version = resolve_data(
             repo or params.data.repo, path or params.data.path, rev or params.data.rev, md5
@@ -99,9 +114,10 @@ def _continuous_training(
         version = pull_data(version)
         step = "validate"
         validate_data(version, params)
+        templates = {}
         if not dry_run:
             step = "check-deployment"
-            check_deployment(params)
+            templates = check_deployment(params)
         step = "train"
         trained = train_candidate(version, params, experiment_id, lineage, dry_run)
         step = "evaluate"
@@ -131,13 +147,14 @@ def _continuous_training(
                 raise GateRejected(report)
             return result
         step = "promote"
-        promotion = promote_model(trained, params)
+        promotion = promote_model(trained, params, templates)
         step = "deploy"
         try:
-            deployed = deploy_model(promotion, params)
-        except Exception:
-            restore_champion(promotion)
+            deployed = deploy_model(promotion.identity, params)
+        except Exception as exc:
+            restore_champion(promotion, f"{type(exc).__name__}: {exc}", params)
             raise
+        finish_promotion(promotion.model_name)
         complete_run(trained.run_id)
         result = RunOutcome(
             "promoted",

@@ -160,8 +160,18 @@ class MlflowParams(_Section):
     experiment: str = "continuous-training"
 
 
+class CanaryParams(_Section):
+    suffix: str = "-canary"
+    hold_seconds: float = Field(30.0, ge=0)
+
+
 class DeployParams(_Section):
     target: Literal["auto", "cluster", "dry-run"] = "auto"
+    strategy: Literal["rolling", "canary"] = "rolling"
+    canary: CanaryParams = CanaryParams()
+    rollout_timeout_seconds: float = Field(300.0, gt=0)
+    poll_seconds: float = Field(1.0, gt=0)
+    api_retries: int = Field(4, ge=0)
     namespace: str = "default"
     deployment: str
     container: str

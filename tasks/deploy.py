@@ -1,29 +1,83 @@
-"""Stage `deploy`: point the serving Deployment at the promoted model's image."""
+"""Stage `deploy`: point the serving Deployment at the promoted model's image, wait until it
+really serves, and put everything back by itself when it does not.
+
+The rollout is followed the way `kubectl rollout status` follows it: ``metadata.generation``
+against ``status.observedGeneration``, ``updatedReplicas``, ``availableReplicas`` and the
+``Progressing`` condition (``ProgressDeadlineExceeded``), within ``deploy.rollout_timeout_seconds``.
+Transient API errors (5xx, 409, 429, timeouts, refused connections) are retried with backoff;
+errors that will not change (404, 403, 422, ...) are not.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.config import DeployParams, Params
-from tasks.promote import Promotion
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["cluster", "dry-run"]
 ANNOTATION_PREFIX = "ctflows.io/"
+IDENTITY_KEYS = tuple(
+    f"{ANNOTATION_PREFIX}{k}" for k in ("model-name", "model-version", "mlflow-run-id", "data-md5")
+)
+RETRYABLE = {409, 429, 500, 502, 503, 504}
+T = TypeVar("T")
 
 
 class DeployError(RuntimeError):
     """The Deployment could not be read or patched; the message names the cause."""
+
+
+class RolloutFailed(DeployError):
+    """The new pods did not become available; the Deployment was put back as it was."""
+
+    def __init__(self, deployment: str, reason: str, reverted_to: str | None = None) -> None:
+        self.deployment, self.reason, self.reverted_to = deployment, reason, reverted_to
+        back = f"; rolled back to {reverted_to}" if reverted_to else ""
+        super().__init__(f"rollout of {deployment} failed: {reason}{back}")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a serving image holds: rendered into the image tag and the pod annotations."""
+
+    model_name: str
+    version: str
+    run_id: str
+    data_md5: str
+
+    def annotations(self) -> dict[str, str]:
+        return dict(
+            zip(
+                IDENTITY_KEYS,
+                (self.model_name, self.version, self.run_id, self.data_md5),
+                strict=True,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class PodTemplate:
+    """The part of a Deployment ctflows changes: the serving image and its annotations."""
+
+    image: str
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def model_version(self) -> str | None:
+        return self.annotations.get(f"{ANNOTATION_PREFIX}model-version")
 
 
 @dataclass(frozen=True)
@@ -35,6 +89,7 @@ class DeployResult:
     previous_image: str | None
     patch: dict[str, Any] = field(default_factory=dict)
     record: Path | None = None
+    canary: str | None = None
 
     @property
     def deployed(self) -> bool:
@@ -43,35 +98,62 @@ class DeployResult:
     def summary(self) -> str:
         where = f"{self.namespace}/{self.deployment}"
         if self.deployed:
-            return f"{where} now runs {self.image} (was {self.previous_image})"
+            via = f" after canary {self.canary}" if self.canary else ""
+            return f"{where} now runs {self.image} (was {self.previous_image}){via}"
         return f"dry run, nothing deployed: would set {where} to {self.image}"
 
 
-def render_image(template: str, promotion: Promotion) -> str:
+def render_image(template: str, identity: ModelIdentity) -> str:
     return template.format(
-        model_name=promotion.model_name,
-        version=promotion.version,
-        run_id=promotion.run_id,
-        data_md5=promotion.data_md5[:12],
+        model_name=identity.model_name,
+        version=identity.version,
+        run_id=identity.run_id,
+        data_md5=identity.data_md5[:12],
     )
 
 
-def build_patch(deploy: DeployParams, image: str, promotion: Promotion) -> dict[str, Any]:
-    """Strategic-merge patch: the container's image and the model's identity on the pod template."""
-    annotations = {
-        f"{ANNOTATION_PREFIX}model-name": promotion.model_name,
-        f"{ANNOTATION_PREFIX}model-version": promotion.version,
-        f"{ANNOTATION_PREFIX}mlflow-run-id": promotion.run_id,
-        f"{ANNOTATION_PREFIX}data-md5": promotion.data_md5,
-    }
+def template_patch(
+    container: str, target: PodTemplate, current: PodTemplate | None = None
+) -> dict[str, Any]:
+    """Strategic-merge patch setting the container's image and ctflows' annotations.
+
+    Annotations ctflows set before and ``target`` lacks are removed (null), so a rollback
+    restores the previous pod template exactly.
+    """
+    annotations: dict[str, str | None] = dict(target.annotations)
+    for key in current.annotations if current else {}:
+        if key.startswith(ANNOTATION_PREFIX) and key not in target.annotations:
+            annotations[key] = None
     return {
         "spec": {
             "template": {
                 "metadata": {"annotations": annotations},
-                "spec": {"containers": [{"name": deploy.container, "image": image}]},
+                "spec": {"containers": [{"name": container, "image": target.image}]},
             }
         }
     }
+
+
+def rollout_status(dep: dict[str, Any]) -> tuple[bool, str | None, str]:
+    """(done, failure, message) of a Deployment, as `kubectl rollout status` decides them."""
+    meta, spec, status = dep.get("metadata", {}), dep.get("spec", {}), dep.get("status") or {}
+    name = meta.get("name", "?")
+    if meta.get("generation", 0) > (status.get("observedGeneration") or 0):
+        return False, None, f"waiting for {name}'s spec update to be observed"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return False, f"{name} exceeded its progress deadline", ""
+    want = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas") or 0
+    replicas = status.get("replicas") or 0
+    available = status.get("availableReplicas") or 0
+    if want is not None and updated < want:
+        return False, None, f"{updated} of {want} new replicas have been updated"
+    if replicas > updated:
+        return False, None, f"{replicas - updated} old replicas are pending termination"
+    if available < updated:
+        return False, None, f"{available} of {updated} updated replicas are available"
+    return True, None, f"{name} successfully rolled out"
 
 
 def resolve_mode(deploy: DeployParams, environ: dict[str, str] | None = None) -> Mode:
@@ -82,6 +164,123 @@ def resolve_mode(deploy: DeployParams, environ: dict[str, str] | None = None) ->
     if deploy.kubeconfig or env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST"):
         return "cluster"
     return "cluster" if (Path.home() / ".kube" / "config").exists() else "dry-run"
+
+
+class Cluster:
+    """The Deployments of one namespace through the kubernetes client, with retries."""
+
+    def __init__(self, deploy: DeployParams, api: Any | None = None) -> None:
+        self.deploy = deploy
+        self.api = api if api is not None else apps_api(deploy)
+        self.sleep: Callable[[float], None] = time.sleep
+
+    def _call(self, action: str, name: str, fn: Callable[[], T]) -> T:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        delay = 0.2
+        for attempt in range(self.deploy.api_retries + 1):
+            try:
+                return fn()
+            except (ApiException, HTTPError, OSError) as exc:
+                status = getattr(exc, "status", None)
+                transient = status in RETRYABLE or status is None
+                if not transient or attempt == self.deploy.api_retries:
+                    raise self._error(exc, action, name) from exc
+                log.warning("%s %s: %s; retrying in %.1fs", action, name, exc, delay)
+                self.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def _error(self, exc: Exception, action: str, name: str) -> DeployError:
+        status = getattr(exc, "status", None)
+        where = f"deployment {self.deploy.namespace}/{name}"
+        if status == 404:
+            return DeployError(
+                f"{where} does not exist (404 on {action}); check deploy.* in params"
+            )
+        if status == 403:
+            return DeployError(
+                f"{action} {where} forbidden (403): the service account needs get, list, watch "
+                "and patch on it (deployments/k8s/rbac.yaml)"
+            )
+        if status is not None:
+            return DeployError(
+                f"Kubernetes API answered {status} {getattr(exc, 'reason', '')} on {action} "
+                f"{where} (after {self.deploy.api_retries} retries if transient)"
+            )
+        return DeployError(f"Kubernetes API unreachable on {action} {where}: {exc}")
+
+    def read(self, name: str) -> dict[str, Any]:
+        ns = self.deploy.namespace
+        obj = self._call("read", name, lambda: self.api.read_namespaced_deployment(name, ns))
+        data: dict[str, Any] = self.api.api_client.sanitize_for_serialization(obj)
+        return data
+
+    def current(self, name: str) -> PodTemplate:
+        """The serving container's image and annotations; fails if the container is missing."""
+        dep = self.read(name)
+        template = dep["spec"]["template"]
+        containers = {c["name"]: c.get("image", "") for c in template["spec"]["containers"]}
+        if self.deploy.container not in containers:
+            raise DeployError(
+                f"deployment {self.deploy.namespace}/{name} has no container "
+                f"{self.deploy.container!r} (it has {sorted(containers)}); fix deploy.container"
+            )
+        annotations = (template.get("metadata") or {}).get("annotations") or {}
+        return PodTemplate(containers[self.deploy.container], dict(annotations))
+
+    def patch(self, name: str, body: dict[str, Any]) -> None:
+        ns = self.deploy.namespace
+        self._call("patch", name, lambda: self.api.patch_namespaced_deployment(name, ns, body))
+
+    def wait_rollout(self, name: str, timeout: float) -> str:
+        """Wait until the rollout is complete; RolloutFailed on deadline or timeout."""
+        deadline = time.monotonic() + timeout
+        message = "not observed yet"
+        while time.monotonic() < deadline:
+            done, failure, message = rollout_status(self.read(name))
+            if failure:
+                raise RolloutFailed(name, failure)
+            if done:
+                return message
+            self.sleep(self.deploy.poll_seconds)
+        raise RolloutFailed(name, f"not available after {timeout:.0f}s ({message})")
+
+    def roll_out(self, name: str, target: PodTemplate, timeout: float) -> PodTemplate:
+        """Patch ``name`` to ``target`` and wait; on failure patch the old template back,
+        wait for that rollout too, and raise RolloutFailed. Returns the old template."""
+        before = self.current(name)
+        self.patch(name, template_patch(self.deploy.container, target, before))
+        try:
+            self.wait_rollout(name, timeout)
+        except DeployError as exc:
+            reason = exc.reason if isinstance(exc, RolloutFailed) else str(exc)
+            self.restore(name, before, timeout)
+            raise RolloutFailed(name, reason, reverted_to=before.image) from exc
+        return before
+
+    def restore(self, name: str, previous: PodTemplate, timeout: float) -> None:
+        """Put ``previous`` back and wait for it (errors are logged: the caller is failing)."""
+        try:
+            current = self.current(name)
+            if current != previous:
+                self.patch(name, template_patch(self.deploy.container, previous, current))
+            self.wait_rollout(name, timeout)
+        except DeployError as exc:
+            log.error("could not restore %s to %s: %s", name, previous.image, exc)
+            raise
+
+    def hold(self, name: str, seconds: float) -> None:
+        """Require ``name`` to stay fully available for ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            done, failure, message = rollout_status(self.read(name))
+            if failure or not done:
+                raise RolloutFailed(
+                    name, failure or f"became unhealthy during the hold ({message})"
+                )
+            self.sleep(min(self.deploy.poll_seconds, max(0.0, deadline - time.monotonic())))
 
 
 def apps_api(deploy: DeployParams) -> Any:
@@ -102,107 +301,101 @@ def apps_api(deploy: DeployParams) -> Any:
     return client.AppsV1Api(api_client)
 
 
-def _api_error(exc: Exception, deploy: DeployParams, action: str) -> DeployError:
-    status = getattr(exc, "status", None)
-    where = f"deployment {deploy.namespace}/{deploy.deployment}"
-    if status == 404:
-        return DeployError(f"{where} does not exist (404 on {action}); check deploy.* in params")
-    if status == 403:
-        return DeployError(
-            f"{action} {where} forbidden (403): the service account needs get and patch on it"
-        )
-    if status is not None:
-        return DeployError(
-            f"Kubernetes API answered {status} {getattr(exc, 'reason', '')} on {action} {where}"
-        )
-    return DeployError(f"Kubernetes API unreachable on {action} {where}: {exc}")
+def targets(deploy: DeployParams) -> list[str]:
+    """The Deployments a promotion changes, in order: the canary first when there is one."""
+    if deploy.strategy == "canary":
+        return [f"{deploy.deployment}{deploy.canary.suffix}", deploy.deployment]
+    return [deploy.deployment]
 
 
-def read_current_image(api: Any, deploy: DeployParams) -> str:
-    """The serving container's image now; fails before any change if it cannot be found."""
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
-    try:
-        current = api.read_namespaced_deployment(deploy.deployment, deploy.namespace)
-    except (ApiException, HTTPError, OSError) as exc:
-        raise _api_error(exc, deploy, "read") from exc
-    containers = {c.name: c.image for c in current.spec.template.spec.containers}
-    if deploy.container not in containers:
-        raise DeployError(
-            f"deployment {deploy.namespace}/{deploy.deployment} has no container "
-            f"{deploy.container!r} (it has {sorted(containers)}); fix deploy.container"
-        )
-    return str(containers[deploy.container])
+def read_templates(cluster: Cluster) -> dict[str, PodTemplate]:
+    return {name: cluster.current(name) for name in targets(cluster.deploy)}
 
 
-def patch_deployment(api: Any, deploy: DeployParams, patch: dict[str, Any]) -> None:
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
+def ship(cluster: Cluster, target: PodTemplate) -> dict[str, PodTemplate]:
+    """Roll ``target`` out (canary first, held healthy, then the main Deployment).
 
-    try:
-        api.patch_namespaced_deployment(deploy.deployment, deploy.namespace, patch)
-    except (ApiException, HTTPError, OSError) as exc:
-        raise _api_error(exc, deploy, "patch") from exc
+    On failure everything this call changed is put back; a failing canary leaves the main
+    Deployment untouched. Returns the templates that were replaced.
+    """
+    deploy, timeout = cluster.deploy, cluster.deploy.rollout_timeout_seconds
+    replaced: dict[str, PodTemplate] = {}
+    names = targets(deploy)
+    for name in names:
+        try:
+            replaced[name] = cluster.roll_out(name, target, timeout)
+            if name != names[-1]:
+                cluster.hold(name, deploy.canary.hold_seconds)
+        except RolloutFailed:
+            for done, previous in replaced.items():
+                if done != name:
+                    cluster.restore(done, previous, timeout)
+                elif cluster.current(name) != previous:  # failed during the hold
+                    cluster.restore(name, previous, timeout)
+            raise
+    return replaced
 
 
-def record_dry_run(state_dir: Path, result: DeployResult) -> Path:
+def record_dry_run(state_dir: Path, entry: dict[str, Any]) -> Path:
     """Append the patch that would have been sent to ``deploy/dry-run.jsonl``."""
     path = state_dir / "deploy" / "dry-run.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {
-        "at": datetime.now(UTC).isoformat(),
-        "mode": "dry-run",
-        "namespace": result.namespace,
-        "deployment": result.deployment,
-        "image": result.image,
-        "patch": result.patch,
-    }
     with path.open("a") as fh:
-        fh.write(json.dumps(entry) + "\n")
+        fh.write(
+            json.dumps({"at": datetime.now(UTC).isoformat(), "mode": "dry-run", **entry}) + "\n"
+        )
     return path
 
 
-@task(name="check-deployment", retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def check_deployment(params: Params) -> str | None:
-    """Before promoting: the Deployment and container exist and are readable (None in dry run)."""
+@task(name="check-deployment", cache_policy=NONE)  # Cluster retries what is transient
+def check_deployment(params: Params) -> dict[str, PodTemplate]:
+    """Before promoting: the Deployments and container exist and are readable ({} in dry run)."""
     if resolve_mode(params.deploy) == "dry-run":
-        return None
-    return read_current_image(apps_api(params.deploy), params.deploy)
+        return {}
+    return read_templates(Cluster(params.deploy))
 
 
 @task(name="deploy-model", cache_policy=NONE)
-def deploy_model(promotion: Promotion, params: Params) -> DeployResult:
-    """Patch the Deployment, or record the patch when no cluster is configured."""
+def deploy_model(identity: ModelIdentity, params: Params) -> DeployResult:
+    """Roll the model's image out and wait for it, or record the patch without a cluster."""
     logger = get_run_logger()
     deploy = params.deploy
-    image = render_image(deploy.image_template, promotion)
-    patch = build_patch(deploy, image, promotion)
+    target = PodTemplate(render_image(deploy.image_template, identity), identity.annotations())
+    patch = template_patch(deploy.container, target)
     if resolve_mode(deploy) == "dry-run":
-        result = DeployResult("dry-run", deploy.namespace, deploy.deployment, image, None, patch)
-        record = record_dry_run(params.state_dir, result)
+        record = record_dry_run(
+            params.state_dir,
+            {
+                "namespace": deploy.namespace,
+                "deployments": targets(deploy),
+                "image": target.image,
+                "patch": patch,
+            },
+        )
         logger.warning(
             "DRY RUN (no Kubernetes cluster configured): nothing deployed; the patch setting "
             "%s/%s to %s is recorded in %s",
             deploy.namespace,
             deploy.deployment,
-            image,
+            target.image,
             record,
         )
         return DeployResult(
-            "dry-run", deploy.namespace, deploy.deployment, image, None, patch, record
+            "dry-run", deploy.namespace, deploy.deployment, target.image, None, patch, record
         )
-    api = apps_api(deploy)
-    previous = read_current_image(api, deploy)
-    patch_deployment(api, deploy, patch)
+    cluster = Cluster(deploy)
+    replaced = ship(cluster, target)
+    previous = replaced[deploy.deployment].image
+    canary = next((n for n in replaced if n != deploy.deployment), None)
     logger.info(
-        "patched %s/%s container %s: %s -> %s (model %s v%s)",
+        "%s/%s rolled out %s (was %s), model %s v%s",
         deploy.namespace,
         deploy.deployment,
-        deploy.container,
+        target.image,
         previous,
-        image,
-        promotion.model_name,
-        promotion.version,
+        identity.model_name,
+        identity.version,
     )
-    return DeployResult("cluster", deploy.namespace, deploy.deployment, image, previous, patch)
+    return DeployResult(
+        "cluster", deploy.namespace, deploy.deployment, target.image, previous, patch, canary=canary
+    )

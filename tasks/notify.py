@@ -20,7 +20,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["promoted", "rejected", "failed", "skipped", "dry-run", "drift", "no-drift"]
+Kind = Literal[
+    "promoted",
+    "rejected",
+    "failed",
+    "skipped",
+    "dry-run",
+    "drift",
+    "no-drift",
+    "recovered",
+    "rolled-back",
+]
 EMOJI = {
     "promoted": ":rocket:",
     "rejected": ":no_entry:",
@@ -29,6 +39,8 @@ EMOJI = {
     "dry-run": ":test_tube:",
     "drift": ":chart_with_upwards_trend:",
     "no-drift": ":white_check_mark:",
+    "recovered": ":adhesive_bandage:",
+    "rolled-back": ":rewind:",
 }
 
 
@@ -106,6 +118,8 @@ def build_message(outcome: RunOutcome) -> Message:
         "dry-run": f"{outcome.model_name} dry run: nothing promoted",
         "drift": f"{outcome.model_name}: data drift in {len(outcome.failed_gates)} features",
         "no-drift": f"{outcome.model_name}: no data drift",
+        "recovered": f"{outcome.model_name}: recovered from an interrupted promotion",
+        "rolled-back": f"{outcome.model_name} rolled back to v{outcome.version}",
     }[outcome.kind]
     text = f"{EMOJI[outcome.kind]} {title}"
     facts = [f"*Data md5*\n`{outcome.data_md5 or '-'}`"]
@@ -130,10 +144,11 @@ def build_message(outcome: RunOutcome) -> Message:
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*{heading}*\n{gates}"}}
         )
     if outcome.error:
+        label = "Error" if outcome.kind == "failed" else "Details"
         blocks.append(
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": f"*Error*\n```{outcome.error[:2800]}```"},
+                "text": {"type": "mrkdwn", "text": f"*{label}*\n```{outcome.error[:2800]}```"},
             }
         )
     if outcome.report:

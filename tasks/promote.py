@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from prefect.cache_policies import NONE
 
 from tasks.config import Params
 from tasks.data import DataVersion
+from tasks.deploy import ModelIdentity, PodTemplate
 from tasks.train import TrackingError, TrainedModel
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,74 @@ class Promotion:
     previous_version: str | None
     run_id: str
     data_md5: str
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.model_name, self.version, self.run_id, self.data_md5)
+
+
+JOURNAL_TAG = "ct.pending"
+
+
+def write_journal(
+    model_name: str, version: str, previous: str | None, templates: dict[str, PodTemplate]
+) -> None:
+    """Before the alias or the cluster changes: what to put back if this process dies.
+
+    Kept as a tag on the registered model, so the next run (anywhere) finds it.
+    """
+    from mlflow.tracking import MlflowClient
+
+    entry = {
+        "version": version,
+        "previous_version": previous,
+        "templates": {
+            n: {"image": t.image, "annotations": t.annotations} for n, t in templates.items()
+        },
+    }
+    MlflowClient().set_registered_model_tag(model_name, JOURNAL_TAG, json.dumps(entry))
+
+
+def read_journal(model_name: str) -> dict[str, Any] | None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tags = MlflowClient().get_registered_model(model_name).tags
+    except MlflowException:
+        return None
+    raw = tags.get(JOURNAL_TAG)
+    return json.loads(raw) if raw else None
+
+
+def clear_journal(model_name: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().delete_registered_model_tag(model_name, JOURNAL_TAG)
+
+
+def move_alias(model_name: str, alias: str, version: str | None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if version:
+        client.set_registered_model_alias(model_name, alias, version)
+    else:
+        client.delete_registered_model_alias(model_name, alias)
+
+
+def version_identity(model_name: str, version: str) -> ModelIdentity:
+    """The identity of a registered version, from its run and tags."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        mv = MlflowClient().get_model_version(model_name, version)
+    except MlflowException as exc:
+        raise TrackingError(f"{model_name} has no version {version!r}: {exc}") from exc
+    return ModelIdentity(
+        model_name, str(mv.version), str(mv.run_id), mv.tags.get("ct.data_md5", "")
+    )
 
 
 def current_champion_version(model_name: str, alias: str) -> str | None:
@@ -67,8 +137,11 @@ def load_champion(model_name: str, alias: str) -> Champion | None:
     return Champion(_loaded[key], version, run_id)
 
 
-def register_and_promote(trained: TrainedModel, params: Params) -> Promotion:
-    """Register the candidate and point the alias at it; the old version is kept in tags."""
+def register_and_promote(
+    trained: TrainedModel, params: Params, templates: dict[str, PodTemplate]
+) -> Promotion:
+    """Register the candidate and point the alias at it; the old version is kept in tags,
+    and a journal of what runs now is written first, for recovery after a crash."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -79,30 +152,60 @@ def register_and_promote(trained: TrainedModel, params: Params) -> Promotion:
     version = str(mv.version)
     client.set_model_version_tag(name, version, "ct.data_md5", trained.data_md5)
     client.set_model_version_tag(name, version, "ct.previous_champion", previous or "")
+    write_journal(name, version, previous, templates)
     client.set_registered_model_alias(name, alias, version)
     client.set_registered_model_tag(name, "ct.previous_champion", previous or "")
     client.set_tag(trained.run_id, "ct.model_version", version)
     return Promotion(name, alias, version, previous, trained.run_id, trained.data_md5)
 
 
-def restore_alias(promotion: Promotion) -> None:
-    """Put the alias back where it was before ``promotion`` (or remove it if there was none)."""
+def record_rollback(promotion: Promotion, reason: str) -> None:
+    """Record on the candidate's run and version that it was rolled back, and why."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    if promotion.previous_version:
-        client.set_registered_model_alias(
-            promotion.model_name, promotion.alias, promotion.previous_version
-        )
-    else:
-        client.delete_registered_model_alias(promotion.model_name, promotion.alias)
     client.set_tag(promotion.run_id, "ct.rolled_back", "true")
+    client.set_tag(promotion.run_id, "ct.rollback_reason", reason[:5000])
+    client.set_model_version_tag(
+        promotion.model_name, promotion.version, "ct.rolled_back", reason[:5000] or "true"
+    )
+
+
+def recover(params: Params) -> str | None:
+    """Bring alias and cluster back into agreement after a run died mid-promotion.
+
+    Reads the journal a promotion (or rollback) writes before changing anything; if one is
+    open, the cluster gets the recorded pod templates back, the alias the recorded version.
+    """
+    from tasks.deploy import Cluster, PodTemplate, resolve_mode
+
+    name, alias = params.registry.model_name, params.registry.alias
+    entry = read_journal(name)
+    if entry is None:
+        return None
+    restored = []
+    if entry["templates"] and resolve_mode(params.deploy) == "cluster":
+        cluster = Cluster(params.deploy)
+        for deployment, t in entry["templates"].items():
+            previous = PodTemplate(t["image"], t["annotations"])
+            if cluster.current(deployment) != previous:
+                cluster.restore(deployment, previous, params.deploy.rollout_timeout_seconds)
+                restored.append(f"{deployment} -> {previous.image}")
+    move_alias(name, alias, entry["previous_version"])
+    clear_journal(name)
+    what = ", ".join(restored) or "cluster unchanged"
+    return (
+        f"an earlier run died while moving {name} to v{entry['version']}: "
+        f"@{alias} restored to v{entry['previous_version'] or '(none)'}, {what}"
+    )
 
 
 @task(name="promote-model", cache_policy=NONE)
-def promote_model(trained: TrainedModel, params: Params) -> Promotion:
+def promote_model(
+    trained: TrainedModel, params: Params, templates: dict[str, PodTemplate]
+) -> Promotion:
     logger = get_run_logger()
-    promotion = register_and_promote(trained, params)
+    promotion = register_and_promote(trained, params, templates)
     logger.info(
         "promoted %s v%s to @%s (previous %s) md5=%s run_id=%s",
         promotion.model_name,
@@ -152,11 +255,72 @@ def champion_data_version(params: Params) -> DataVersion | None:
 
 
 @task(name="restore-champion", cache_policy=NONE)
-def restore_champion(promotion: Promotion) -> None:
+def restore_champion(promotion: Promotion, reason: str, params: Params) -> None:
+    """After a failed deploy: alias and cluster back to the journaled state, rollback recorded.
+
+    If the cluster cannot be restored now, the journal stays open for the next run.
+    """
     get_run_logger().warning(
-        "restoring @%s of %s to v%s after a failed deploy",
+        "restoring @%s of %s to v%s after a failed deploy: %s",
         promotion.alias,
         promotion.model_name,
         promotion.previous_version or "(none)",
+        reason,
     )
-    restore_alias(promotion)
+    record_rollback(promotion, reason)
+    recover(params)
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    current: str | None
+    target: ModelIdentity
+
+
+@task(name="plan-rollback", cache_policy=NONE)
+def plan_rollback(params: Params, version: str | None) -> RollbackPlan:
+    """The version to go back to: ``version``, else the one the champion replaced."""
+    from mlflow.tracking import MlflowClient
+
+    name, alias = params.registry.model_name, params.registry.alias
+    current = current_champion_version(name, alias)
+    if version is None:
+        if current is None:
+            raise TrackingError(f"{name} has no @{alias}: nothing to roll back")
+        version = MlflowClient().get_model_version(name, current).tags.get("ct.previous_champion")
+        if not version:
+            raise TrackingError(f"{name} v{current} replaced no earlier champion; pass a version")
+    if version == current:
+        raise TrackingError(f"{name} v{version} already is @{alias}")
+    return RollbackPlan(current, version_identity(name, version))
+
+
+@task(name="begin-rollback", cache_policy=NONE)
+def begin_rollback(params: Params, plan: RollbackPlan, templates: dict[str, PodTemplate]) -> None:
+    """Journal the rollback before the cluster changes, like a promotion."""
+    write_journal(params.registry.model_name, plan.target.version, plan.current, templates)
+
+
+@task(name="switch-alias", cache_policy=NONE)
+def switch_alias(params: Params, plan: RollbackPlan) -> None:
+    """After the cluster serves the target: move the alias and close the journal."""
+    from mlflow.tracking import MlflowClient
+
+    name, alias = params.registry.model_name, params.registry.alias
+    move_alias(name, alias, plan.target.version)
+    MlflowClient().set_registered_model_tag(name, "ct.previous_champion", plan.current or "")
+    clear_journal(name)
+
+
+@task(name="finish-promotion", cache_policy=NONE)
+def finish_promotion(model_name: str) -> None:
+    """The alias and the cluster agree on the new version: close the journal."""
+    clear_journal(model_name)
+
+
+@task(name="recover-interrupted", retries=1, retry_delay_seconds=2, cache_policy=NONE)
+def recover_interrupted(params: Params) -> str | None:
+    note = recover(params)
+    if note:
+        get_run_logger().warning(note)
+    return note

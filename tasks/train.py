@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # heavy imports stay out of module import: served runs start 
 
 log = logging.getLogger(__name__)
 
+LEASE_SECONDS = 60
 LINEAGE_TAGS = ("ct.data_md5", "ct.git_commit", "ct.params_hash")
 
 
@@ -57,8 +58,10 @@ class PreviousRun:
 
 
 def training_lock(params: Params) -> str:
-    """Name of the global concurrency limit held by every training run of one model."""
-    return f"ctflows-train-{params.registry.model_name}"
+    """Name of the global concurrency limit held by every training run of one model
+    (one registered model name in one MLflow store)."""
+    store = hashlib.sha256(tracking_uri(params).encode()).hexdigest()[:8]
+    return f"ctflows-train-{params.registry.model_name}-{store}"
 
 
 @contextlib.contextmanager
@@ -66,6 +69,8 @@ def hold_training_lock(params: Params) -> Iterator[None]:
     """Hold the model's one training slot: runs of the same model never overlap.
 
     Creates the limit (1 slot) on first use; a second run waits for the first to finish.
+    The slot is a lease renewed while the run lives: after a crash (kill -9) it frees itself
+    within ``LEASE_SECONDS``.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -75,7 +80,7 @@ def hold_training_lock(params: Params) -> Iterator[None]:
     name = training_lock(params)
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    with concurrency(name, occupy=1, strict=True):
+    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS):
         yield
 
 

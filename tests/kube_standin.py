@@ -8,7 +8,8 @@ merge and JSON patch, status), writes a kubeconfig for it, and starts with the D
 ``metadata.generation``, and the new pods become ready after ``--ready-delay`` seconds, except
 for an image whose tag ends in ``-unready``, which never does, so the ``Progressing`` condition
 ends with ``ProgressDeadlineExceeded``. Faults (500, 409, slow answers) can be injected at
-``POST /standin/faults``; ``GET /standin/requests`` lists what was asked.
+``POST /standin/faults`` (``{"method", "path", "status", "delay", "count", "skip"}``);
+``GET /standin/requests`` lists what was asked.
 """
 
 from __future__ import annotations
@@ -368,6 +369,9 @@ def make_handler(cluster: Cluster) -> type[BaseHTTPRequestHandler]:
                         continue
                     if fault.get("count", 1) <= 0:
                         continue
+                    if fault.get("skip", 0) > 0:  # let the first N matching requests through
+                        fault["skip"] -= 1
+                        continue
                     fault["count"] = fault.get("count", 1) - 1
                     break
                 else:
@@ -502,11 +506,27 @@ def make_handler(cluster: Cluster) -> type[BaseHTTPRequestHandler]:
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             deadline = time.monotonic() + timeout
-            if since == 0:  # a watch without resourceVersion starts with the current objects
-                for obj in cluster.list(ns):
+            initial = query.get("sendInitialEvents", ["false"])[0] == "true"
+            if since == 0 or initial:  # start with the current objects
+                with cluster.lock:
+                    current, since = cluster.list(ns), cluster.resource_version
+                for obj in current:
                     if wanted in (None, obj["metadata"]["name"]):
                         self._chunk({"type": "ADDED", "object": obj})
-                since = cluster.resource_version
+                if initial:  # watch-list (kubectl >= 1.32): mark the end of the initial events
+                    self._chunk(
+                        {
+                            "type": "BOOKMARK",
+                            "object": {
+                                "kind": "Deployment",
+                                "apiVersion": "apps/v1",
+                                "metadata": {
+                                    "resourceVersion": str(since),
+                                    "annotations": {"k8s.io/initial-events-end": "true"},
+                                },
+                            },
+                        }
+                    )
             try:
                 while time.monotonic() < deadline:
                     with cluster.lock:

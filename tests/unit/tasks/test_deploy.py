@@ -1,25 +1,80 @@
 import pytest
 
-from tasks.deploy import build_patch, render_image, resolve_mode
-from tasks.promote import Promotion
+from tasks.deploy import (
+    ModelIdentity,
+    PodTemplate,
+    render_image,
+    resolve_mode,
+    rollout_status,
+    targets,
+    template_patch,
+)
 from tests.helpers import small_params
 
-PROMO = Promotion("churn", "champion", "7", "6", "abc123", "f" * 32)
+ID = ModelIdentity("churn", "7", "abc123", "f" * 32)
 
 
 def test_image_and_patch_carry_the_model_identity(tmp_path):
-    params = small_params(
-        tmp_path, deploy={"image_template": "reg/m:{model_name}-v{version}-{data_md5}"}
-    )
-    image = render_image(params.deploy.image_template, PROMO)
+    template = "reg/m:{model_name}-v{version}-{data_md5}"
+    params = small_params(tmp_path, deploy={"image_template": template})
+    image = render_image(params.deploy.image_template, ID)
     assert image == "reg/m:churn-v7-ffffffffffff"
-    patch = build_patch(params.deploy, image, PROMO)
-    template = patch["spec"]["template"]
-    assert template["spec"]["containers"] == [{"name": params.deploy.container, "image": image}]
-    notes = template["metadata"]["annotations"]
+    patch = template_patch(params.deploy.container, PodTemplate(image, ID.annotations()))
+    spec = patch["spec"]["template"]
+    assert spec["spec"]["containers"] == [{"name": params.deploy.container, "image": image}]
+    notes = spec["metadata"]["annotations"]
     assert notes["ctflows.io/model-version"] == "7"
     assert notes["ctflows.io/mlflow-run-id"] == "abc123"
     assert notes["ctflows.io/data-md5"] == "f" * 32
+
+
+def test_restoring_a_template_removes_annotations_it_did_not_have():
+    before = PodTemplate("reg/m:bootstrap", {"team": "ml"})
+    now = PodTemplate("reg/m:v2", ID.annotations())
+    patch = template_patch("model", before, now)
+    notes = patch["spec"]["template"]["metadata"]["annotations"]
+    assert notes["team"] == "ml"
+    assert all(notes[k] is None for k in ID.annotations())
+
+
+def dep(generation=2, observed=2, replicas=2, updated=2, total=2, available=2, reason=None):
+    conditions = [{"type": "Progressing", "reason": reason or "NewReplicaSetAvailable"}]
+    return {
+        "metadata": {"name": "m", "generation": generation},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": observed,
+            "updatedReplicas": updated,
+            "replicas": total,
+            "availableReplicas": available,
+            "conditions": conditions,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("state", "done", "failed", "words"),
+    [
+        (dep(), True, False, "successfully rolled out"),
+        (dep(generation=3), False, False, "observed"),
+        (dep(updated=1), False, False, "1 of 2 new replicas"),
+        (dep(total=3), False, False, "old replicas are pending termination"),
+        (dep(available=1), False, False, "1 of 2 updated replicas are available"),
+        (dep(available=1, reason="ProgressDeadlineExceeded"), False, True, ""),
+    ],
+)
+def test_rollout_status_decides_like_kubectl(state, done, failed, words):
+    is_done, failure, message = rollout_status(state)
+    assert is_done is done
+    assert (failure is not None) is failed
+    assert words in (message if not failed else "")
+
+
+def test_canary_goes_first(tmp_path):
+    rolling = small_params(tmp_path / "a")
+    canary = small_params(tmp_path / "b", deploy={"strategy": "canary"})
+    assert targets(rolling.deploy) == ["churn-model"]
+    assert targets(canary.deploy) == ["churn-model-canary", "churn-model"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,112 @@
+"""The model server the serving image runs: one MLflow model behind a small HTTP API.
+
+    MODEL_URI=/model uvicorn --factory deployments.serving.app:create_app --port 8080
+
+- ``GET /health``: the process is up (liveness).
+- ``GET /ready``: 200 only once the model is loaded *and* has answered a probe prediction
+  built from its signature (readiness); 503 with the reason until then.
+- ``POST /predict``: ``{"records": [{feature: value, ...}, ...]}`` -> ``{"scores": [...]}``.
+- ``GET /model``: the model's identity (from the pod's ctflows.io annotations via env).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+log = logging.getLogger("ctflows.serving")
+
+
+class PredictRequest(BaseModel):
+    records: list[dict[str, Any]]
+
+
+class ModelHolder:
+    """Loads the model in the background; readiness reflects a successful probe prediction."""
+
+    def __init__(self, uri: str | None) -> None:
+        self.uri = uri
+        self.model: Any = None
+        self.columns: list[str] = []
+        self.error: str | None = "loading" if uri else "MODEL_URI is not set"
+        self.lock = threading.Lock()
+
+    def load(self) -> None:
+        try:
+            import mlflow
+            import pandas as pd
+
+            model = mlflow.sklearn.load_model(self.uri)
+            info = mlflow.models.get_model_info(str(self.uri))
+            schema = info.signature.inputs if info.signature else None
+            columns = [c.name for c in schema.inputs] if schema else []
+            probe = {
+                c.name: (0 if str(c.type) != "DataType.string" else "")
+                for c in (schema.inputs if schema else [])
+            }
+            scores = model.predict_proba(pd.DataFrame([probe]))
+            if len(scores) != 1:
+                raise RuntimeError("the probe prediction returned no score")
+            with self.lock:
+                self.model, self.columns, self.error = model, columns, None
+            log.info("model %s loaded and answered a probe prediction", self.uri)
+        except Exception as exc:  # readiness must report why, not crash the server
+            with self.lock:
+                self.error = f"{type(exc).__name__}: {exc}"
+            log.error("model %s failed to load: %s", self.uri, self.error)
+
+    def start(self) -> None:
+        if self.uri:
+            threading.Thread(target=self.load, daemon=True).start()
+
+
+def create_app(model_uri: str | None = None, load_in_background: bool = True) -> FastAPI:
+    holder = ModelHolder(model_uri if model_uri is not None else os.environ.get("MODEL_URI"))
+    app = FastAPI(title="ctflows model server")
+    app.state.holder = holder
+    if load_in_background:
+        holder.start()
+    else:
+        holder.load()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        if holder.error is None:
+            return JSONResponse({"status": "ready", "model": holder.uri})
+        return JSONResponse({"status": "not ready", "reason": holder.error}, status_code=503)
+
+    @app.get("/model")
+    def model_info() -> dict[str, Any]:
+        keys = ("MODEL_NAME", "MODEL_VERSION", "MLFLOW_RUN_ID", "DATA_MD5")
+        return {
+            "uri": holder.uri,
+            **{k.lower(): os.environ.get(k) for k in keys},
+            "features": holder.columns,
+        }
+
+    @app.post("/predict")
+    def predict(request: PredictRequest) -> dict[str, list[float]]:
+        if holder.error is not None:
+            raise HTTPException(503, f"model not ready: {holder.error}")
+        import pandas as pd
+
+        missing = sorted(set(holder.columns) - set().union(*map(set, request.records or [{}])))
+        if missing:
+            raise HTTPException(422, f"records lack features {missing}")
+        try:
+            scores = holder.model.predict_proba(pd.DataFrame(request.records))[:, 1]
+        except (ValueError, TypeError) as exc:
+            raise HTTPException(422, f"cannot score these records: {exc}") from exc
+        return {"scores": [float(s) for s in scores]}
+
+    return app
