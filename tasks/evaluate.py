@@ -43,6 +43,7 @@ HIGHER_IS_BETTER = {
 EXACT_BOOTSTRAP_CELLS = 20_000_000  # rows x resamples above which pr_auc is subsampled
 QUANTILE_BINS = 4096
 FORCE_SKIPS = ("no_regression", "significance")
+RATIO_FLOOR_MS = 1.0  # the latency ratio is judged only when the candidate's p95 is above this
 SliceTable = dict[str, dict[str, dict[str, float]]]  # column -> value -> {rows, metric, ...}
 
 
@@ -583,7 +584,8 @@ def _latency_gates(
     if rule.max_p95_ms is not None and c_ms > rule.max_p95_ms:
         problems.append(f"p95 {c_ms:.1f} ms over the {rule.max_p95_ms} ms budget")
     ratio = None if not h_ms else c_ms / h_ms
-    if rule.max_ratio is not None and ratio is not None and ratio > rule.max_ratio:
+    judged = c_ms >= RATIO_FLOOR_MS  # below a millisecond, timer noise decides the ratio
+    if rule.max_ratio is not None and ratio is not None and judged and ratio > rule.max_ratio:
         problems.append(f"{ratio:.2f}x the champion's p95, above {rule.max_ratio}x")
     where = f"p95 on {len(batch)} rows: {c_ms:.1f} ms" + (
         "" if h_ms is None else f" vs champion {h_ms:.1f} ms ({ratio:.2f}x)"

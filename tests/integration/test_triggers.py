@@ -50,6 +50,9 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+SINCE: dict[str, float] = {"t": 0.0}  # runs of earlier tests on the shared server are ignored
+
+
 def flow_runs_of(deployment_name: str):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -59,9 +62,10 @@ def flow_runs_of(deployment_name: str):
             deployment = client.read_deployment_by_name(deployment_name)
         except Exception:
             return None
-        return client.read_flow_runs(
+        runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
         )
+    return [r for r in runs if r.created and r.created.timestamp() >= SINCE["t"]]
 
 
 @pytest.fixture
@@ -74,6 +78,7 @@ def served(workspace, prefect_api, tmp_path):
         "CTFLOWS_SLACK_WEBHOOK_URL": workspace.slack.url,
     }
     port = free_port()
+    SINCE["t"] = time.time()
     logs = (tmp_path / "serve.log").open("w")
     serve = subprocess.Popen(
         [
