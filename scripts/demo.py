@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"landed {len(batches)} data versions in {data_repo} (DVC remote {remote})\n")
 
     if not args.verbose:
-        logging.getLogger("prefect").setLevel(logging.WARNING)
+        logging.getLogger("prefect").setLevel(logging.CRITICAL)  # the demo prints one line a run
     print("starting a Prefect server on loopback ...", flush=True)
     with prefect_server(state / "prefect") as api_url:
         from flows.continuous_training import continuous_training
