@@ -9,7 +9,6 @@ never a crash.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -245,7 +244,3 @@ def measure_drift(
         report.current_rows,
     )
     return report
-
-
-def nan_to_none(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else value

@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # heavy imports stay out of module import: served runs start 
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60
-LINEAGE_TAGS = ("ct.data_md5", "ct.git_commit", "ct.params_hash")
 
 
 class TrackingError(RuntimeError):
