@@ -674,29 +674,17 @@ def _fairness_gates(
             )
         )
     if rule.max_slice_gap is not None:
-        ok = c_gap <= rule.max_slice_gap
-        gates.append(
-            Gate(
-                "slice_gap",
-                "passed" if ok else "failed",
-                f"widest {metric} gap {c_gap:.4f} ({c_where or 'single slice'}), "
-                f"allowed {rule.max_slice_gap}",
-                metric,
-                c_gap,
-                threshold=rule.max_slice_gap,
-            )
-        )
+        gap_reason = f"widest {metric} gap {c_gap:.4f} ({c_where or 'single slice'})"
+        gates.append(_bound_gate("slice_gap", c_gap, rule.max_slice_gap, gap_reason, metric))
     if rule.max_parity_difference is not None:
-        ok = c_parity <= rule.max_parity_difference
+        parity_reason = f"positive-decision rate gap over {rule.sensitive_column}: {c_parity:.4f}"
         gates.append(
-            Gate(
+            _bound_gate(
                 "demographic_parity",
-                "passed" if ok else "failed",
-                f"positive-decision rate gap over {rule.sensitive_column}: "
-                f"{c_parity:.4f}, allowed {rule.max_parity_difference}",
-                "parity_difference",
                 c_parity,
-                threshold=rule.max_parity_difference,
+                rule.max_parity_difference,
+                parity_reason,
+                "parity_difference",
             )
         )
     if rule.max_gap_widening is not None:
@@ -707,20 +695,19 @@ def _fairness_gates(
             report_slices["champion"] = champ_slices
             h_gap, _, h_parity, _ = _gaps(champ_slices, metric, rule.sensitive_column)
             widening = max(c_gap - h_gap, c_parity - h_parity)
-            ok = widening <= rule.max_gap_widening
+            widen_reason = (
+                f"slice gap {h_gap:.4f} -> {c_gap:.4f}, parity gap {h_parity:.4f} -> {c_parity:.4f}"
+            )
             gates.append(
-                Gate(
-                    "gap_widening",
-                    "passed" if ok else "failed",
-                    f"slice gap {h_gap:.4f} -> {c_gap:.4f}, parity gap "
-                    f"{h_parity:.4f} -> {c_parity:.4f}; may widen by "
-                    f"{rule.max_gap_widening}",
-                    metric,
-                    widening,
-                    threshold=rule.max_gap_widening,
-                )
+                _bound_gate("gap_widening", widening, rule.max_gap_widening, widen_reason, metric)
             )
     return report_slices, gates
+
+
+def _bound_gate(name: str, value: float, bound: float, reason: str, metric: str) -> Gate:
+    """A gate that passes while ``value`` stays within ``bound``."""
+    status: Status = "passed" if value <= bound else "failed"
+    return Gate(name, status, f"{reason}; allowed {bound}", metric, value, threshold=bound)
 
 
 def _parity_gates(policy: GateParams, cand_s: np.ndarray, champ_s: np.ndarray | None) -> list[Gate]:
