@@ -15,6 +15,7 @@ The secret comes from $CTFLOWS_WEBHOOK_SECRET or a Prefect Secret block and is n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import json
@@ -25,6 +26,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from tasks.config import Params, load_params
@@ -49,12 +51,24 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class ReplayGuard:
-    """Remembers accepted signatures for the tolerance window, so a replay is refused."""
+    """Remembers accepted signatures for the tolerance window, so a replay is refused.
 
-    def __init__(self, window: float) -> None:
+    With a ``journal`` file the memory survives a restart of the receiver: accepted
+    signatures are appended to it and the ones still inside the window are read back.
+    """
+
+    def __init__(self, window: float, journal: Path | None = None) -> None:
         self.window = window
         self.seen: OrderedDict[str, float] = OrderedDict()
         self.lock = threading.Lock()
+        self.journal = journal
+        if journal is not None and journal.exists():
+            horizon = time.time() - 2 * window
+            for line in journal.read_text().splitlines():
+                signature, _, at = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    if float(at) >= horizon:
+                        self.seen[signature] = float(at)
 
     def check_and_add(self, signature: str, now: float) -> bool:
         with self.lock:
@@ -63,6 +77,10 @@ class ReplayGuard:
             if signature in self.seen:
                 return False
             self.seen[signature] = now
+            if self.journal is not None:
+                self.journal.parent.mkdir(parents=True, exist_ok=True)
+                with self.journal.open("a") as fh:
+                    fh.write(f"{signature} {now}\n")
             return True
 
 
@@ -166,7 +184,7 @@ def webhook_secret(params: Params) -> str:
 
 def make_handler(params: Params, params_file: str, secret: str) -> type[BaseHTTPRequestHandler]:
     hook = params.triggers.webhook
-    guard = ReplayGuard(hook.tolerance_seconds)
+    guard = ReplayGuard(hook.tolerance_seconds, params.state_dir / "webhook" / "accepted.log")
 
     class Handler(BaseHTTPRequestHandler):
         timeout = 10  # a slow client cannot hold a thread forever
@@ -184,6 +202,18 @@ def make_handler(params: Params, params_file: str, secret: str) -> type[BaseHTTP
             self.end_headers()
             self.wfile.write(body)
 
+        def _discard(self, length: int) -> None:
+            """Read and drop a refused body (up to 8x the limit) so the client gets the answer
+            instead of a broken pipe; anything larger is cut off by closing the connection."""
+            if length > 8 * hook.max_body_bytes:
+                self.close_connection = True
+                return
+            while length > 0:
+                chunk = self.rfile.read(min(length, 65536))
+                if not chunk:
+                    return
+                length -= len(chunk)
+
         def do_GET(self) -> None:
             if self.path == "/health":
                 return self._reply(200, {"status": "ok"})
@@ -197,6 +227,7 @@ def make_handler(params: Params, params_file: str, secret: str) -> type[BaseHTTP
                 if length is None or not length.isdigit():
                     raise WebhookError(411, "Content-Length is required")
                 if int(length) > hook.max_body_bytes:
+                    self._discard(int(length))
                     raise WebhookError(413, f"body over {hook.max_body_bytes} bytes")
                 body = self.rfile.read(int(length))
                 headers = {k.lower(): v for k, v in self.headers.items()}

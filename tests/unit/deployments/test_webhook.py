@@ -72,3 +72,14 @@ def test_replay_guard_forgets_after_the_window():
     assert not guard.check_and_add("sig", 5)
     assert guard.check_and_add("other", 100)
     assert guard.check_and_add("sig", 100)
+
+
+def test_replay_memory_survives_a_restart(tmp_path):
+    import time
+
+    journal = tmp_path / "accepted.log"
+    now = time.time()
+    assert ReplayGuard(300, journal).check_and_add("sig", now)
+    restarted = ReplayGuard(300, journal)
+    assert not restarted.check_and_add("sig", now + 1)
+    assert restarted.check_and_add("new", now + 1)
