@@ -14,8 +14,8 @@ import argparse
 import contextlib
 import logging
 import os
-import subprocess
-import sys
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,15 +54,19 @@ def build_deployment(spec: DeploymentSpec) -> Any:
 
 
 @contextlib.contextmanager
-def webhook_process(params_file: str, port: int) -> Iterator[None]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deployments.webhook", "--params", params_file, "--port", str(port)]
-    )
+def webhook_thread(params_file: str, port: int) -> Iterator[None]:
+    """The webhook receiver inside this process: it cannot outlive the served deployments."""
+    from deployments.webhook import make_server
+
+    server = make_server(params_file, "127.0.0.1", port)
+    thread = threading.Thread(target=server.serve_forever, name="webhook", daemon=True)
+    thread.start()
+    print(f"webhook receiver on http://127.0.0.1:{port}/hooks/data-landed", flush=True)
     try:
         yield
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.shutdown()
+        server.server_close()
 
 
 def serve_all(params_file: str) -> None:
@@ -78,6 +82,10 @@ def serve_all(params_file: str) -> None:
         serve(*deployments, print_starting_message=False)
 
 
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve ctflows' deployments in this process.")
     parser.add_argument(
@@ -90,13 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--webhook-port", type=int, help="also run the webhook receiver here")
     args = parser.parse_args(argv)
     params_file = str(Path(args.params).resolve())
+    signal.signal(signal.SIGTERM, _exit_on_term)  # so the server and webhook stop with us
     with contextlib.ExitStack() as stack:
         if args.server and not os.environ.get("PREFECT_API_URL"):
             home = load_params(params_file).state_dir / "prefect"
             url = stack.enter_context(prefect_server(home, args.server_port))
             print(f"Prefect server and UI on {url.removesuffix('/api')}", flush=True)
         if args.webhook_port:
-            stack.enter_context(webhook_process(params_file, args.webhook_port))
+            stack.enter_context(webhook_thread(params_file, args.webhook_port))
         serve_all(params_file)
 
 
