@@ -288,6 +288,49 @@ class WorkPoolParams(_Section):
         return value
 
 
+class LabelSourceParams(_Section):
+    """Where ground truth lands, later than the predictions: Parquet rows of id, label, time."""
+
+    url: str | None = None  # a Parquet file, folder or glob at any fsspec URL; null: no labels
+    id_column: str = "id"
+    label_column: str = "label"
+    time_column: str = "time"
+    key: str = "prediction_id"  # log column, or a field of the logged records (customer_id)
+
+
+class ShadowParams(_Section):
+    """The candidate replays the last logged production requests offline (gate `shadow`)."""
+
+    enabled: bool = True
+    rows: int = Field(5_000, ge=1)  # the last N logged predictions of the champion
+    min_rows: int = Field(500, ge=1)  # fewer logged: the gate is skipped, and says so
+    max_flip_rate: float | None = Field(0.1, ge=0, le=1)
+    max_score_psi: float | None = Field(0.25, ge=0)
+    max_p95_ms: float | None = Field(250.0, gt=0)  # at the batch sizes production sent
+    latency_repeats: int = Field(10, ge=1)
+    min_labelled_rows: int = Field(100, ge=1)  # for the paired metric comparison
+    tolerance: float = Field(0.002, ge=0)  # how far the gain's upper bound may be below 0
+
+
+class MonitorParams(_Section):
+    """Flow `production-monitor`: the inference log against the champion's training rows."""
+
+    schedule: ScheduleParams = ScheduleParams(cron="0 * * * *")
+    log_url: str | None = None  # null: <state_dir>/inference-log (the serving app's default)
+    window_hours: float = Field(24.0, gt=0)
+    min_rows: int = Field(200, ge=1)  # fewer predictions in the window: drift not judged
+    reference_rows: int = Field(50_000, ge=100)  # sample of the champion's training rows
+    score_psi_threshold: float = Field(0.2, gt=0)
+    score_ks_pvalue: float = Field(0.001, gt=0, lt=1)
+    max_metric_drop: float = Field(0.05, ge=0)  # holdout minus live, significant at alpha
+    min_labelled_rows: int = Field(100, ge=1)
+    resamples: int = Field(500, ge=50, le=100_000)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    seed: int = 0
+    labels: LabelSourceParams = LabelSourceParams()
+    shadow: ShadowParams = ShadowParams()
+
+
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     data: DataParams
@@ -302,6 +345,7 @@ class Params(_Section):
     triggers: TriggerParams = TriggerParams()
     drift: DriftParams = DriftParams()
     workpool: WorkPoolParams = WorkPoolParams()
+    monitor: MonitorParams = MonitorParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
