@@ -228,6 +228,8 @@ class WebhookParams(_Section):
     secret_block: str | None = "ctflows-webhook-secret"
     tolerance_seconds: int = Field(300, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1)
+    request_timeout_seconds: float = Field(10.0, gt=0)  # whole request: headers, body, answer
+    max_in_flight: int = Field(64, ge=1)  # connections served at once; more get 503
 
 
 class TriggerParams(_Section):
@@ -237,6 +239,7 @@ class TriggerParams(_Section):
     event: str = "ctflows.data.landed"
     webhook: WebhookParams = WebhookParams()
     poll_seconds: int = Field(1, ge=1)  # how often `make serve` looks for scheduled runs
+    repair_seconds: int = Field(60, ge=5)  # how often flow `repair` looks for a killed deploy
 
 
 class DriftParams(_Section):
