@@ -110,7 +110,15 @@ def probe_http(service: str, url: str, deadline: float) -> None:
 
     ServiceUnavailable on refusal, DNS failure or silence.
     """
-    request = urllib.request.Request(url, method="GET")
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=netloc)), method="GET")
+    if parts.username:  # user:password@ in the URI: sent as basic auth, as MLflow's client does
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
     try:
         with urllib.request.urlopen(request, timeout=deadline):
             return
