@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from tasks.config import Params, load_params
-from tasks.data import pull_data, resolve_data
+from tasks.data import lineage_tags, pull_data, resolve_data
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate
 from tasks.notify import Kind, RunOutcome, notify
@@ -81,18 +81,19 @@ def _continuous_training(
             )
         step = "pull"
         version = resolve_data(
-            repo or params.data.repo, path or params.data.path, rev or params.data.rev, md5
+            repo or params.data.repo,
+            path or params.data.path,
+            rev or params.data.rev,
+            md5,
+            params.data,
         )
         outcome = RunOutcome(
             outcome.kind, outcome.model_name, version.md5, flow_run=outcome.flow_run
         )
         lineage = {
-            "ct.data_md5": version.md5,
+            **lineage_tags(version),
             "ct.git_commit": code_version(),
             "ct.params_hash": params.params_hash(),
-            "ct.data_repo": version.repo,
-            "ct.data_path": version.path,
-            "ct.data_rev": version.rev,
         }
         previous = None if dry_run or force else lookup_previous_run(experiment_id, lineage)
         if previous is not None:
@@ -111,7 +112,7 @@ def _continuous_training(
             )
             notify(skipped, params)
             return skipped
-        version = pull_data(version)
+        version = pull_data(version, params)
         step = "validate"
         validate_data(version, params)
         templates = {}
