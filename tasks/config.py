@@ -275,8 +275,12 @@ class TriggerParams(_Section):
 
 class DriftParams(_Section):
     schedule: ScheduleParams = ScheduleParams(cron="0 6 * * *")
-    ks_pvalue: float = Field(0.001, gt=0, lt=1)
+    ks_pvalue: float = Field(0.001, gt=0, lt=1)  # after the multiple-testing correction
     chi2_pvalue: float = Field(0.001, gt=0, lt=1)
+    # over all features tested at once: holm (family-wise), bonferroni, bh (false discovery rate)
+    correction: Literal["holm", "bonferroni", "bh", "none"] = "holm"
+    min_ks_statistic: float = Field(0.05, ge=0, le=1)  # effect floor: KS distance D
+    min_cramers_v: float = Field(0.05, ge=0, le=1)  # effect floor: categorical shift
     psi_threshold: float = Field(0.2, gt=0)
     max_null_increase: float = Field(0.05, ge=0, le=1)
     min_drifted_features: int = Field(1, ge=1)
