@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from tasks.config import Params, load_params
-from tasks.data import pull_data, resolve_data
+from tasks.data import lineage_tags, pull_data, resolve_data
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate
 from tasks.ledger import check_freeze
@@ -83,7 +83,9 @@ def _continuous_training(
         step = "pull"
         data_repo = repo or params.data.repo
         version = call_with_deadline(
-            lambda: resolve_data(data_repo, path or params.data.path, rev or params.data.rev, md5),
+            lambda: resolve_data(
+                data_repo, path or params.data.path, rev or params.data.rev, md5, params.data
+            ),
             params.timeouts.dvc,
             "DVC (git)",
             data_repo,
@@ -92,12 +94,9 @@ def _continuous_training(
             outcome.kind, outcome.model_name, version.md5, flow_run=outcome.flow_run
         )
         lineage = {
-            "ct.data_md5": version.md5,
+            **lineage_tags(version),
             "ct.git_commit": code_version(),
             "ct.params_hash": params.params_hash(),
-            "ct.data_repo": version.repo,
-            "ct.data_path": version.path,
-            "ct.data_rev": version.rev,
         }
         previous = None if dry_run or force else find_decision(experiment_id, lineage, params)
         if previous is not None:
@@ -118,7 +117,7 @@ def _continuous_training(
             return skipped
         pulled = version
         version = call_with_deadline(
-            lambda: pull_data(pulled), params.timeouts.dvc, "DVC remote", pulled.repo
+            lambda: pull_data(pulled, params), params.timeouts.dvc, "DVC remote", pulled.repo
         )
         step = "validate"
         validate_data(version, params)

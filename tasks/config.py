@@ -66,22 +66,53 @@ class ProjectParams(_Section):
     state_dir: Path = Path(".ctflows")
 
 
+class TrainingWindow(_Section):
+    """The data versions one training run reads: by default the newest alone.
+
+    ``versions``: the last K distinct data versions of ``data.path`` up to ``data.rev``;
+    ``days``: the versions committed within D days before ``data.rev``'s commit. Both set: the
+    last K versions, none older than D days. Each version is read through DVC at its own commit.
+    """
+
+    versions: int | None = Field(None, ge=1, le=100)
+    days: float | None = Field(None, gt=0)
+
+    @property
+    def newest_only(self) -> bool:
+        return self.versions in (None, 1) and self.days is None
+
+
 class DataParams(_Section):
     repo: str = "."
     path: str = "data/batch.parquet"
     rev: str = "HEAD"
     label: str
-    id_column: str
-    timestamp_column: str
-    sensitive_column: str
+    id_column: str | None = None  # null: the holdout is split on a hash of the whole row
+    timestamp_column: str | None = None  # null: no column is kept out of the features as time
+    sensitive_column: str | None = None  # null: no fairness gates (said in the gate report)
     numeric_features: list[str] = Field(min_length=0)
     categorical_features: list[str] = Field(min_length=0)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 7
+    window: TrainingWindow = TrainingWindow()
 
     @property
     def features(self) -> list[str]:
         return [*self.numeric_features, *self.categorical_features]
+
+    def configured_columns(self) -> dict[str, str]:
+        """Every column params name, keyed by the params key that names it."""
+        named = {
+            "data.label": self.label,
+            "data.id_column": self.id_column,
+            "data.timestamp_column": self.timestamp_column,
+            "data.sensitive_column": self.sensitive_column,
+        }
+        columns = {key: column for key, column in named.items() if column is not None}
+        for key in ("numeric_features", "categorical_features"):
+            for i, column in enumerate(getattr(self, key)):
+                columns[f"data.{key}[{i}]"] = column
+        return columns
 
     @model_validator(mode="after")
     def _features_disjoint(self) -> DataParams:
@@ -90,9 +121,12 @@ class DataParams(_Section):
         both = set(self.numeric_features) & set(self.categorical_features)
         if both:
             raise ValueError(f"features listed as numeric and categorical: {sorted(both)}")
-        reserved = {self.label, self.id_column, self.timestamp_column} & set(self.features)
+        roles = [self.label, self.id_column, self.timestamp_column, self.sensitive_column]
+        reserved = {c for c in roles if c is not None} & set(self.features)
         if reserved:
-            raise ValueError(f"label, id or timestamp column used as a feature: {sorted(reserved)}")
+            raise ValueError(
+                f"label, id, timestamp or sensitive column used as a feature: {sorted(reserved)}"
+            )
         return self
 
 
@@ -153,7 +187,8 @@ class SizePolicy(_Section):
 
 class FairnessPolicy(_Section):
     enabled: bool = True
-    sensitive_column: str = "gender"
+    # filled from data.sensitive_column when params load (one source); None: no fairness gates
+    sensitive_column: str | None = None
     slice_columns: list[str] = Field(default_factory=list)
     min_slice_rows: int = Field(50, ge=1)
     max_slice_gap: float | None = Field(0.15, ge=0)
@@ -354,8 +389,12 @@ class TriggerParams(_Section):
 
 class DriftParams(_Section):
     schedule: ScheduleParams = ScheduleParams(cron="0 6 * * *")
-    ks_pvalue: float = Field(0.001, gt=0, lt=1)
+    ks_pvalue: float = Field(0.001, gt=0, lt=1)  # after the multiple-testing correction
     chi2_pvalue: float = Field(0.001, gt=0, lt=1)
+    # over all features tested at once: holm (family-wise), bonferroni, bh (false discovery rate)
+    correction: Literal["holm", "bonferroni", "bh", "none"] = "holm"
+    min_ks_statistic: float = Field(0.05, ge=0, le=1)  # effect floor: KS distance D
+    min_cramers_v: float = Field(0.05, ge=0, le=1)  # effect floor: categorical shift
     psi_threshold: float = Field(0.2, gt=0)
     max_null_increase: float = Field(0.05, ge=0, le=1)
     min_drifted_features: int = Field(1, ge=1)
@@ -475,6 +514,26 @@ class Params(_Section):
     timeouts: TimeoutsParams = TimeoutsParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_sensitive_column(cls, raw: Any) -> Any:
+        """``data.sensitive_column`` is the one source; the fairness gates read it from there."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+            return raw
+        gates = raw.get("gates") or {}
+        if not isinstance(gates, dict):
+            return raw
+        fairness = gates.get("fairness") or {}
+        if not isinstance(fairness, dict):
+            return raw
+        if "sensitive_column" in fairness:
+            raise ValueError(
+                "gates.fairness.sensitive_column is no longer read: set data.sensitive_column "
+                "(one source for the column kept out of the features and used by fairness gates)"
+            )
+        sensitive = raw["data"].get("sensitive_column")
+        return {**raw, "gates": {**gates, "fairness": {**fairness, "sensitive_column": sensitive}}}
 
     @property
     def state_dir(self) -> Path:
