@@ -9,12 +9,14 @@ from tasks.config import Params, load_params
 from tasks.data import pull_data, resolve_data
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate
+from tasks.image import build_model_image
 from tasks.notify import Kind, RunOutcome, notify
 from tasks.promote import (
     finish_promotion,
     get_champion,
     promote_model,
     recover_interrupted,
+    register_candidate,
     restore_champion,
 )
 from tasks.train import (
@@ -146,8 +148,11 @@ def _continuous_training(
             if kind == "rejected" and params.gates.fail_run_on_reject:
                 raise GateRejected(report)
             return result
+        step = "image"  # built, pushed and found by digest before the alias moves
+        registered = register_candidate(trained, params)
+        image = build_model_image(trained.model_uri, params.registry.model_name, registered, params)
         step = "promote"
-        promotion = promote_model(trained, params, templates)
+        promotion = promote_model(trained, params, templates, registered)
         step = "deploy"
         try:
             deployed = deploy_model(promotion.identity, params)
@@ -163,7 +168,7 @@ def _continuous_training(
             promotion.version,
             promotion.previous_version,
             trained.run_id,
-            deploy=deployed.summary(),
+            deploy=f"{image.summary()}; {deployed.summary()}",
             flow_run=outcome.flow_run,
         ).with_report(report)
         notify(result, params)
