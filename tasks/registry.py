@@ -146,7 +146,7 @@ class Registry:
                 return super().send(request, **kwargs)
 
         # oras' do_request retries for minutes (sleep 3**attempt); we bound it ourselves.
-        unwrapped = oras.provider.Registry.do_request.__wrapped__  # type: ignore[attr-defined]
+        unwrapped = oras.provider.Registry.do_request.__wrapped__
 
         class _Provider(oras.provider.Registry):
             def do_request(self, *args: Any, **kwargs: Any) -> requests.Response:
@@ -158,14 +158,19 @@ class Registry:
         )
         for scheme in ("http://", "https://"):
             self.provider.session.mount(scheme, _Adapter(max_retries=0))
+        self.last_status: int | None = None
+
+        def remember(response: Any, *args: Any, **kwargs: Any) -> None:
+            self.last_status = response.status_code
+
+        self.provider.session.hooks["response"].append(remember)
         env = os.environ if environ is None else environ
         user, password = env.get(image.username_env), env.get(image.password_env)
         if user and password:
             self.provider.auth.set_basic_auth(user, password)
-        else:
-            self.provider.auth.load_configs(
-                f"{registry}/x"
-            )  # ~/.docker/config.json, $DOCKER_CONFIG
+        else:  # ~/.docker/config.json or $DOCKER_CONFIG, with its credential helpers
+            self.provider.auth.hostname = registry
+            self.provider.auth.load_configs(f"{registry}/ctflows")
         self.sleep: Callable[[float], None] = time.sleep
 
     @property
@@ -178,12 +183,9 @@ class Registry:
 
         delay = 0.5
         for attempt in range(self.image.retries + 1):
+            self.last_status = None
             try:
                 return fn()
-            except RegistryError as exc:
-                if not exc.cause.startswith("answered 5") or attempt == self.image.retries:
-                    raise
-                error: Exception = exc
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt == self.image.retries:
                     kind = "timed out" if isinstance(exc, requests.Timeout) else "does not answer"
@@ -192,17 +194,32 @@ class Registry:
                         f"{kind} on {action} (after {attempt + 1} attempts, "
                         f"{self.image.timeout_seconds:.0f}s deadline each): {type(exc).__name__}",
                     ) from exc
-                error = exc
-            except ValueError as exc:  # oras: "Cannot respond to request for authentication."
-                if "authentication" in str(exc):
-                    raise RegistryError(
-                        self.url, f"refused the credentials on {action} (401): {self._creds()}"
-                    ) from exc
-                raise RegistryError(self.url, f"{action} failed: {exc}") from exc
+                error: Exception = exc
+            except (RegistryError, requests.RequestException, ValueError) as exc:
+                failure = self._failure(action, exc)
+                if not failure.cause.startswith("answered 5") or attempt == self.image.retries:
+                    raise failure from exc
+                error = failure
             log.warning("%s on %s: %s; retrying in %.1fs", action, self.url, error, delay)
             self.sleep(delay)
             delay = min(delay * 2, 4.0)
         raise AssertionError("unreachable")
+
+    def _failure(self, action: str, exc: Exception) -> RegistryError:
+        """Name the cause: the HTTP status the registry last answered, else the error."""
+        status = self.last_status
+        if status == 401 or (status is None and "authentication" in str(exc)):
+            return RegistryError(
+                self.url, f"refused the credentials on {action} (401): {self._creds()}"
+            )
+        if status == 403:
+            return RegistryError(self.url, f"forbids {action} (403) with {self._creds()}")
+        if status is not None and status >= 500:
+            phrase = HTTP_REASONS.get(status, "")
+            return RegistryError(self.url, f"answered {status} {phrase} on {action}")
+        if isinstance(exc, RegistryError):
+            return exc
+        return RegistryError(self.url, f"{action} failed: {type(exc).__name__}: {exc}")
 
     def _creds(self) -> str:
         if os.environ.get(self.image.username_env):

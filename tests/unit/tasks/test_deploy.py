@@ -1,9 +1,9 @@
 import pytest
 
 from tasks.deploy import (
+    DeployError,
     ModelIdentity,
     PodTemplate,
-    DeployError,
     image_reference,
     resolve_mode,
     rollout_status,
