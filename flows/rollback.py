@@ -7,6 +7,7 @@ from prefect.runtime import flow_run
 
 from tasks.config import load_params
 from tasks.deploy import check_deployment, deploy_model
+from tasks.image import check_image
 from tasks.notify import RunOutcome, notify
 from tasks.promote import (
     begin_rollback,
@@ -33,6 +34,7 @@ def rollback(version: str | None = None, params_file: str = "params.yaml") -> Ru
         plan = None
         try:
             plan = plan_rollback(params, version)
+            check_image(plan.target.image, params)  # the recorded digest, before any change
             begin_rollback(params, plan, check_deployment(params))
             deployed = deploy_model(plan.target, params)  # reverts the cluster if it fails
             switch_alias(params, plan)

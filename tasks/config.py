@@ -175,7 +175,6 @@ class DeployParams(_Section):
     deployment: str
     container: str
     image_template: str | None = None  # replaced by image.repository/image.tag (by digest)
-    model_volume: str = "model"  # modelcar images: the image volume the pod mounts
     kubeconfig: Path | None = None
     context: str | None = None
 

@@ -488,10 +488,12 @@ def build_model_image(model_uri: str, model_name: str, version: str, params: Par
 
     logger = get_run_logger()
     image = params.image
-    if not params.image.repository and resolve_mode(params.deploy) == "cluster":
+    if resolve_mode(params.deploy) == "cluster" and not (image.repository and image.base):
+        missing = "image.repository" if not image.repository else "image.base"
         raise ImageError(
-            "deploy target is a cluster but image.repository is null: a cluster cannot pull "
-            "an image built locally; set image.repository (and credentials)"
+            f"deploy target is a cluster but {missing} is null: a cluster runs the serving "
+            "image (base + model) pulled from a registry; set image.repository and image.base "
+            "(a model-only image runs as in deployments/k8s/modelcar/, not patched by the flow)"
         )
     spec = image_spec(model_name, version, _run_id(model_name, version))
     with tempfile.TemporaryDirectory(prefix="ctflows-model-") as tmp:
@@ -513,7 +515,7 @@ def build_model_image(model_uri: str, model_name: str, version: str, params: Par
     if built.kind == "modelcar":
         logger.warning(
             "no image.base set: built a model-only image (modelcar), which a pod mounts as an "
-            "image volume beside the serving container (deployments/k8s/modelcar.yaml)"
+            "image volume beside the serving container (deployments/k8s/modelcar/)"
         )
     return built
 
@@ -522,3 +524,28 @@ def _run_id(model_name: str, version: str) -> str:
     from mlflow.tracking import MlflowClient
 
     return str(MlflowClient().get_model_version(model_name, version).run_id)
+
+
+def find_image(identity_image: str, params: Params) -> None:
+    """A recorded image (``repo@sha256:...``) must still be in its registry before a rollback
+    points the cluster at it; a locally built image must still be in the OCI layout."""
+    if identity_image.startswith("oci:"):
+        layout, _, digest = identity_image.removeprefix("oci:").rpartition("@")
+        if not Layout(Path(layout)).has(digest):
+            raise ImageError(f"{identity_image} is no longer in the OCI layout {layout}")
+        return
+    ref = Reference.parse(identity_image)
+    try:
+        found = Registry(ref.registry, params.image).manifest(ref)
+    except RegistryError as exc:
+        raise ImageError(f"cannot check {identity_image}: {exc}") from exc
+    if found is None:
+        raise ImageError(f"registry {ref.registry} no longer has {identity_image}; rebuild it")
+
+
+@task(name="check-image", cache_policy=NONE)
+def check_image(identity_image: str, params: Params) -> None:
+    if not identity_image:
+        raise ImageError("this model version has no recorded image (MLflow tag ct.image)")
+    find_image(identity_image, params)
+    get_run_logger().info("%s is in its registry", identity_image)
