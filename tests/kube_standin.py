@@ -11,7 +11,8 @@ for an image whose tag ends in ``-unready`` or that matches a rule posted to
 does, so the ``Progressing`` condition ends with ``ProgressDeadlineExceeded``. Given a registry
 (``--registry host:port``), an image on it must be there to be pulled, as a kubelet needs:
 a manifest the registry does not have stays in ImagePullBackOff. Faults (500, 409, slow
-answers) can be injected at ``POST /standin/faults`` (``{"method", "path", "status", "delay", "count", "skip"}``);
+answers) can be injected at ``POST /standin/faults``
+(``{"method", "path", "status", "delay", "count", "skip"}``);
 ``GET /standin/requests`` lists what was asked.
 """
 
