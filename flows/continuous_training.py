@@ -8,6 +8,7 @@ from tasks.config import Params, load_params
 from tasks.data import lineage_tags, pull_data, resolve_data
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate
+from tasks.image import build_model_image
 from tasks.ledger import check_freeze
 from tasks.notify import Kind, RunOutcome, flow_run_link, notify
 from tasks.promote import (
@@ -16,6 +17,7 @@ from tasks.promote import (
     get_champion,
     promote_model,
     recover_interrupted,
+    register_candidate,
     restore_champion,
 )
 from tasks.services import call_with_deadline, failure_text, outage_of, prefect_deadline
@@ -167,7 +169,11 @@ def _continuous_training(
             ).with_report(report)
             notify(frozen, params)
             return frozen
-        promotion = promote_model(trained, params, templates)
+        step = "image"  # built, pushed and found by digest before the alias moves
+        registered = register_candidate(trained, params)
+        image = build_model_image(trained.model_uri, params.registry.model_name, registered, params)
+        step = "promote"
+        promotion = promote_model(trained, params, templates, registered)
         step = "deploy"
         try:
             deployed = deploy_model(promotion.identity, params)
@@ -183,7 +189,7 @@ def _continuous_training(
             promotion.version,
             promotion.previous_version,
             trained.run_id,
-            deploy=deployed.summary(),
+            deploy=f"{image.summary()}; {deployed.summary()}",
             flow_run=outcome.flow_run,
         ).with_report(report)
         notify(result, params)

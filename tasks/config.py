@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MetricName = Literal["roc_auc", "pr_auc", "f1", "accuracy", "log_loss", "brier"]
-IMAGE_TEMPLATE_FIELDS = frozenset({"model_name", "version", "run_id", "data_md5"})
 
 
 class ConfigError(ValueError):
@@ -283,7 +282,7 @@ class DeployParams(_Section):
     namespace: str = "default"
     deployment: str
     container: str
-    image_template: str
+    image_template: str | None = None  # replaced by image.repository/image.tag (by digest)
     kubeconfig: Path | None = None
     context: str | None = None
 
@@ -310,18 +309,85 @@ class DeployParams(_Section):
 
     @field_validator("image_template")
     @classmethod
-    def _known_fields(cls, value: str) -> str:
+    def _replaced(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "images are now built by ctflows and deployed by digest: remove "
+                "deploy.image_template and set image.repository (and image.tag) instead"
+            )
+        return value
+
+
+IMAGE_TAG_FIELDS = frozenset({"model_name", "version", "run_id", "data_md5"})
+_PINNED = r"^[^/\s]+\.?[^/\s]*/[^@\s]+@sha256:[0-9a-f]{64}$"
+
+
+class ImageParams(_Section):
+    """The model image built per promoted version (stage `image`)."""
+
+    repository: str | None = None  # registry/path to push to; None: OCI layout in state_dir only
+    base: str | None = None  # serving base image, pinned by digest; None: model-only (modelcar)
+    platform: str = "linux/amd64"  # picked from a multi-architecture base
+    tag: str = "{model_name}-v{version}"
+    model_path: str = "/models"  # where the MLflow model directory lands in the image
+    source: str | None = None  # org.opencontainers.image.source
+    auth_backend: Literal["token", "basic"] = "token"
+    username_env: str = "CTFLOWS_REGISTRY_USERNAME"
+    password_env: str = "CTFLOWS_REGISTRY_PASSWORD"
+    timeout_seconds: float = Field(30.0, gt=0)
+    retries: int = Field(2, ge=0)
+
+    @field_validator("base")
+    @classmethod
+    def _pinned(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.match(_PINNED, value):
+            raise ValueError(
+                f"{value!r} is not pinned by digest: expected host/path@sha256:<64 hex> "
+                "(a tag can move; look the digest up with `skopeo inspect docker://<ref>`)"
+            )
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _bare_repository(cls, value: str | None) -> str | None:
+        if value is not None and ("@" in value or ":" in value.rsplit("/", 1)[-1]):
+            raise ValueError(
+                f"{value!r}: give the repository without tag or digest (the tag is image.tag)"
+            )
+        if value is not None and "/" not in value:
+            raise ValueError(f"{value!r}: expected host[:port]/path, e.g. ghcr.io/team/churn-model")
+        return value
+
+    @field_validator("platform")
+    @classmethod
+    def _os_arch(cls, value: str) -> str:
+        if value.count("/") not in (1, 2):
+            raise ValueError(f"expected os/arch[/variant] like linux/amd64, got {value!r}")
+        return value
+
+    @field_validator("model_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or value.rstrip("/") == "":
+            raise ValueError(f"expected an absolute directory like /models, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("tag")
+    @classmethod
+    def _tag_fields(cls, value: str) -> str:
         fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        unknown = fields - IMAGE_TEMPLATE_FIELDS
+        unknown = fields - IMAGE_TAG_FIELDS
         if unknown:
             raise ValueError(
-                f"unknown field(s) {sorted(unknown)}; allowed: {sorted(IMAGE_TEMPLATE_FIELDS)}"
+                f"unknown field(s) {sorted(unknown)}; allowed: {sorted(IMAGE_TAG_FIELDS)}"
             )
         if "version" not in fields:
-            raise ValueError("the template must contain {version} so each model gets its own image")
+            raise ValueError("the tag must contain {version} so each model gets its own tag")
         sample = value.format(model_name="m", version="1", run_id="r", data_md5="d")
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@]*$", sample):
-            raise ValueError(f"{value!r} does not render to an image reference")
+        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", sample):
+            raise ValueError(f"{value!r} does not render to an image tag ([A-Za-z0-9_.-])")
         return value
 
 
@@ -506,6 +572,7 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     mlflow: MlflowParams = MlflowParams()
     deploy: DeployParams
+    image: ImageParams = ImageParams()
     notify: NotifyParams = NotifyParams()
     triggers: TriggerParams = TriggerParams()
     drift: DriftParams = DriftParams()
