@@ -70,7 +70,6 @@ def webhook_thread(params_file: str, port: int) -> Iterator[None]:
 
 
 def serve_all(params_file: str) -> None:
-    from prefect import serve
     from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY, temporary_settings
 
     params = load_params(params_file)
@@ -79,7 +78,10 @@ def serve_all(params_file: str) -> None:
     with temporary_settings(updates=settings):
         deployments = [build_deployment(spec) for spec in specs]
         print("serving " + ", ".join(spec.full_name for spec in specs), flush=True)
-        serve(*deployments, print_starting_message=False)
+        from deployments.runner import runner_kind, serve_deployments
+
+        print(f"flow runs start by {runner_kind()} (CTFLOWS_RUNNER; see deployments/runner.py)")
+        serve_deployments(deployments)
 
 
 def _exit_on_term(signum: int, frame: object) -> None:
