@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -248,6 +249,45 @@ class DriftParams(_Section):
     event: str = "ctflows.drift.detected"
 
 
+class ResourceParams(_Section):
+    """Kubernetes resource quantities for one flow-run Job (``500m``, ``2``, ``4Gi``)."""
+
+    cpu_request: str | None = "1"
+    cpu_limit: str | None = "2"
+    memory_request: str | None = "2Gi"
+    memory_limit: str | None = "4Gi"
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+(\.\d+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?", value):
+            raise ValueError(
+                f"expected a Kubernetes quantity like '500m', '2' or '4Gi', got {value!r}"
+            )
+        return value
+
+
+class WorkPoolParams(_Section):
+    """Where deployments run: `process` (`make serve`, a process worker) or Kubernetes Jobs."""
+
+    name: str = "ctflows-kubernetes"
+    image: str = "registry.example.com/ctflows-flow@sha256:" + "0" * 64
+    namespace: str = "ctflows"
+    service_account: str = "ctflows-deployer"
+    secrets: list[str] = Field(default_factory=lambda: ["ctflows-secrets"])
+    resources: ResourceParams = ResourceParams()
+    finished_job_ttl_seconds: int | None = Field(3600, ge=0)
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if "@sha256:" not in value:
+            raise ValueError(
+                f"expected an image pinned by digest (repository@sha256:<64 hex>), got {value!r}"
+            )
+        return value
+
+
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     data: DataParams
@@ -261,6 +301,7 @@ class Params(_Section):
     notify: NotifyParams = NotifyParams()
     triggers: TriggerParams = TriggerParams()
     drift: DriftParams = DriftParams()
+    workpool: WorkPoolParams = WorkPoolParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
