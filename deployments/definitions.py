@@ -16,7 +16,10 @@ TRAINING_FLOW = "continuous-training"
 TRAINING_ENTRYPOINT = "flows/continuous_training.py:continuous_training"
 DRIFT_FLOW = "drift-monitor"
 DRIFT_ENTRYPOINT = "flows/drift_monitor.py:drift_monitor"
+REPAIR_FLOW = "repair"
+REPAIR_ENTRYPOINT = "flows/repair.py:repair"
 WORK_POOL = "ctflows"
+DATA_LANDED = "on-new-data"  # the deployment the webhook receiver starts
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class DeploymentSpec:
     timezone: str | None = None
     triggers: tuple[dict[str, Any], ...] = ()
     concurrency_limit: int | None = 1
+    interval_seconds: int | None = None
+    collision_strategy: str = "ENQUEUE"  # or CANCEL_NEW: a late tick is dropped, not queued
 
     @property
     def full_name(self) -> str:
@@ -39,6 +44,11 @@ class DeploymentSpec:
 def data_resource_id(path: str) -> str:
     """The Prefect event resource id of a data path: triggers match on it."""
     return f"ctflows.data.{path}"
+
+
+def data_landed_deployment(params: Params) -> str:
+    """The full name of the deployment a data-landed webhook starts."""
+    return f"{TRAINING_FLOW}/{DATA_LANDED}"
 
 
 def deployment_specs(params: Params, params_file: str = "params.yaml") -> list[DeploymentSpec]:
@@ -70,7 +80,7 @@ def deployment_specs(params: Params, params_file: str = "params.yaml") -> list[D
             timezone=schedule.timezone,
         ),
         DeploymentSpec(
-            "on-new-data",
+            DATA_LANDED,
             TRAINING_FLOW,
             TRAINING_ENTRYPOINT,
             f"Retrain when `{params.triggers.event}` (or drift) names {params.data.path}.",
@@ -93,7 +103,24 @@ def deployment_specs(params: Params, params_file: str = "params.yaml") -> list[D
             cron=drift.cron,
             timezone=drift.timezone,
         ),
+        DeploymentSpec(
+            "scheduled",
+            REPAIR_FLOW,
+            REPAIR_ENTRYPOINT,
+            "Finish undoing a promotion or rollback that a killed run left half-done.",
+            parameters=base,
+            interval_seconds=params.triggers.repair_seconds,
+            collision_strategy="CANCEL_NEW",
+        ),
     ]
+
+
+def _schedules(spec: DeploymentSpec) -> list[dict[str, Any]]:
+    if spec.cron:
+        return [{"cron": spec.cron, "timezone": spec.timezone, "active": True}]
+    if spec.interval_seconds:
+        return [{"interval": spec.interval_seconds, "active": True}]
+    return []
 
 
 def prefect_yaml(specs: list[DeploymentSpec]) -> dict[str, Any]:
@@ -106,18 +133,14 @@ def prefect_yaml(specs: list[DeploymentSpec]) -> dict[str, Any]:
             "entrypoint": spec.entrypoint,
             "parameters": dict(spec.parameters),
             "work_pool": {"name": WORK_POOL},
-            "schedules": (
-                [{"cron": spec.cron, "timezone": spec.timezone, "active": True}]
-                if spec.cron
-                else []
-            ),
+            "schedules": _schedules(spec),
         }
         if spec.triggers:
             entry["triggers"] = [dict(t) for t in spec.triggers]
         if spec.concurrency_limit:
             entry["concurrency_limit"] = {
                 "limit": spec.concurrency_limit,
-                "collision_strategy": "ENQUEUE",
+                "collision_strategy": spec.collision_strategy,
             }
         deployments.append(entry)
     return {

@@ -39,7 +39,7 @@ HEADER = (
     "#   prefect work-pool create {pool} --type kubernetes \\\n"
     "#     --base-job-template deployments/k8s/base-job-template.json\n"
     "#   prefect deploy --all --prefect-file deployments/prefect-kubernetes.yaml\n"
-    "#   kubectl apply -f deployments/k8s/rbac.yaml -f deployments/k8s/worker.yaml\n"
+    "#   kubectl apply -f deployments/k8s/rbac.yaml -f deployments/flow/worker.yaml\n"
 )
 
 

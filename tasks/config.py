@@ -25,6 +25,43 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$")
+_BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9\-]*$")
+TRACKING_SCHEMES = frozenset(
+    {"http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "uc"}
+)
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+def _block_name(value: str | None) -> str | None:
+    if value is not None and not _BLOCK_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a Prefect block name (lowercase letters, digits and dashes)"
+        )
+    return value
+
+
+def _event_name(value: str) -> str:
+    if not _EVENT_NAME.match(value):
+        raise ValueError(f"expected a dotted event name like 'ctflows.data.landed', got {value!r}")
+    return value
+
+
+def project_root(environ: dict[str, str] | None = None) -> Path:
+    """Where a relative ``project.state_dir`` lives: ``$CTFLOWS_HOME``, else this checkout."""
+    env = os.environ if environ is None else environ
+    home = env.get("CTFLOWS_HOME")
+    return Path(home).resolve() if home else Path(__file__).resolve().parents[1]
+
+
 class ProjectParams(_Section):
     state_dir: Path = Path(".ctflows")
 
@@ -152,13 +189,48 @@ class GateParams(_Section):
 
 
 class RegistryParams(_Section):
-    model_name: str = "churn-classifier"
+    model_name: str = Field("churn-classifier", min_length=1)
     alias: str = "champion"
+
+    @field_validator("alias")
+    @classmethod
+    def _mlflow_alias(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_\-]+$", value) or value.lower() == "latest":
+            raise ValueError(
+                f"{value!r} is not an MLflow alias (letters, digits, _ and -; not 'latest')"
+            )
+        if re.match(r"^[vV]\d+$", value):
+            raise ValueError(f"{value!r} looks like a version (v<number>); MLflow refuses it")
+        return value
 
 
 class MlflowParams(_Section):
     tracking_uri: str | None = None
-    experiment: str = "continuous-training"
+    experiment: str = Field("continuous-training", min_length=1)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _known_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        from tasks.services import redact
+
+        parts = urlsplit(value)
+        scheme = parts.scheme.split("+")[0]
+        if scheme not in TRACKING_SCHEMES:
+            raise ValueError(
+                f"{redact(value)!r} is not a tracking URI: expected one of "
+                f"{sorted(TRACKING_SCHEMES)}:// (null: SQLite in project.state_dir)"
+            )
+        if scheme in {"http", "https"} and not parts.hostname:
+            raise ValueError(f"{redact(value)!r} names no host")
+        try:
+            parts.port  # noqa: B018 (raises on a malformed port)
+        except ValueError as exc:
+            raise ValueError(f"{redact(value)!r} has an invalid port") from exc
+        return value
 
 
 class CanaryParams(_Section):
@@ -180,6 +252,27 @@ class DeployParams(_Section):
     kubeconfig: Path | None = None
     context: str | None = None
 
+    @field_validator("namespace", "container")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError(f"{value!r} is not a Kubernetes name (RFC 1123 label)")
+        return value
+
+    @field_validator("deployment")
+    @classmethod
+    def _dns_subdomain(cls, value: str) -> str:
+        if not _DNS_SUBDOMAIN.match(value):
+            raise ValueError(f"{value!r} is not a Kubernetes name (RFC 1123 subdomain)")
+        return value
+
+    @model_validator(mode="after")
+    def _canary_name(self) -> DeployParams:
+        name = f"{self.deployment}{self.canary.suffix}"
+        if self.strategy == "canary" and not _DNS_SUBDOMAIN.match(name):
+            raise ValueError(f"canary Deployment name {name!r} is not a Kubernetes name")
+        return self
+
     @field_validator("image_template")
     @classmethod
     def _known_fields(cls, value: str) -> str:
@@ -191,13 +284,19 @@ class DeployParams(_Section):
             )
         if "version" not in fields:
             raise ValueError("the template must contain {version} so each model gets its own image")
+        sample = value.format(model_name="m", version="1", run_id="r", data_md5="d")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@]*$", sample):
+            raise ValueError(f"{value!r} does not render to an image reference")
         return value
 
 
 class NotifyParams(_Section):
     webhook_env: str = "CTFLOWS_SLACK_WEBHOOK_URL"
     secret_block: str | None = "ctflows-slack-webhook"
-    retries: int = Field(2, ge=0)
+    retries: int = Field(2, ge=0, le=10)
+
+    _env = field_validator("webhook_env")(classmethod(lambda cls, v: _env_name(v)))
+    _block = field_validator("secret_block")(classmethod(lambda cls, v: _block_name(v)))
 
 
 class ScheduleParams(_Section):
@@ -209,6 +308,12 @@ class ScheduleParams(_Section):
     def _five_fields(cls, value: str) -> str:
         if len(value.split()) != 5:
             raise ValueError(f"expected a 5-field cron expression, got {value!r}")
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:  # the parser the served process uses: a bad field fails here, not at 3 a.m.
+            CronSchedule(cron=value)
+        except ValueError as exc:
+            raise ValueError(f"invalid cron expression {value!r}") from exc
         return value
 
     @field_validator("timezone")
@@ -228,6 +333,11 @@ class WebhookParams(_Section):
     secret_block: str | None = "ctflows-webhook-secret"
     tolerance_seconds: int = Field(300, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1)
+    request_timeout_seconds: float = Field(10.0, gt=0)  # whole request: headers, body, answer
+    max_in_flight: int = Field(64, ge=1)  # connections served at once; more get 503
+
+    _env = field_validator("secret_env")(classmethod(lambda cls, v: _env_name(v)))
+    _block = field_validator("secret_block")(classmethod(lambda cls, v: _block_name(v)))
 
 
 class TriggerParams(_Section):
@@ -237,6 +347,9 @@ class TriggerParams(_Section):
     event: str = "ctflows.data.landed"
     webhook: WebhookParams = WebhookParams()
     poll_seconds: int = Field(1, ge=1)  # how often `make serve` looks for scheduled runs
+    repair_seconds: int = Field(60, ge=5)  # how often flow `repair` looks for a killed deploy
+
+    _event = field_validator("event")(classmethod(lambda cls, v: _event_name(v)))
 
 
 class DriftParams(_Section):
@@ -247,6 +360,19 @@ class DriftParams(_Section):
     max_null_increase: float = Field(0.05, ge=0, le=1)
     min_drifted_features: int = Field(1, ge=1)
     event: str = "ctflows.drift.detected"
+
+    _event = field_validator("event")(classmethod(lambda cls, v: _event_name(v)))
+
+
+class TimeoutsParams(_Section):
+    """Deadline of every call to an external service, in seconds (see tasks/services.py)."""
+
+    mlflow: float = Field(10.0, gt=0, le=600)  # one HTTP request to the tracking server
+    mlflow_retries: int = Field(2, ge=0, le=10)  # MLflow's own default retries for minutes
+    dvc: float = Field(600.0, gt=0)  # resolving and fetching one data version
+    kubernetes: float = Field(10.0, gt=0, le=600)  # one Kubernetes API request
+    prefect: float = Field(10.0, gt=0, le=600)  # one Prefect API request
+    slack: float = Field(10.0, gt=0, le=600)  # one Slack post
 
 
 class ResourceParams(_Section):
@@ -288,6 +414,49 @@ class WorkPoolParams(_Section):
         return value
 
 
+class LabelSourceParams(_Section):
+    """Where ground truth lands, later than the predictions: Parquet rows of id, label, time."""
+
+    url: str | None = None  # a Parquet file, folder or glob at any fsspec URL; null: no labels
+    id_column: str = "id"
+    label_column: str = "label"
+    time_column: str = "time"
+    key: str = "prediction_id"  # log column, or a field of the logged records (customer_id)
+
+
+class ShadowParams(_Section):
+    """The candidate replays the last logged production requests offline (gate `shadow`)."""
+
+    enabled: bool = True
+    rows: int = Field(5_000, ge=1)  # the last N logged predictions of the champion
+    min_rows: int = Field(500, ge=1)  # fewer logged: the gate is skipped, and says so
+    max_flip_rate: float | None = Field(0.1, ge=0, le=1)
+    max_score_psi: float | None = Field(0.25, ge=0)
+    max_p95_ms: float | None = Field(250.0, gt=0)  # at the batch sizes production sent
+    latency_repeats: int = Field(10, ge=1)
+    min_labelled_rows: int = Field(100, ge=1)  # for the paired metric comparison
+    tolerance: float = Field(0.002, ge=0)  # how far the gain's upper bound may be below 0
+
+
+class MonitorParams(_Section):
+    """Flow `production-monitor`: the inference log against the champion's training rows."""
+
+    schedule: ScheduleParams = ScheduleParams(cron="0 * * * *")
+    log_url: str | None = None  # null: <state_dir>/inference-log (the serving app's default)
+    window_hours: float = Field(24.0, gt=0)
+    min_rows: int = Field(200, ge=1)  # fewer predictions in the window: drift not judged
+    reference_rows: int = Field(50_000, ge=100)  # sample of the champion's training rows
+    score_psi_threshold: float = Field(0.2, gt=0)
+    score_ks_pvalue: float = Field(0.001, gt=0, lt=1)
+    max_metric_drop: float = Field(0.05, ge=0)  # holdout minus live, significant at alpha
+    min_labelled_rows: int = Field(100, ge=1)
+    resamples: int = Field(500, ge=50, le=100_000)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    seed: int = 0
+    labels: LabelSourceParams = LabelSourceParams()
+    shadow: ShadowParams = ShadowParams()
+
+
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     data: DataParams
@@ -302,6 +471,8 @@ class Params(_Section):
     triggers: TriggerParams = TriggerParams()
     drift: DriftParams = DriftParams()
     workpool: WorkPoolParams = WorkPoolParams()
+    monitor: MonitorParams = MonitorParams()
+    timeouts: TimeoutsParams = TimeoutsParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -415,8 +586,16 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
 
 
 def _resolve_paths(params: Params, root: Path) -> Params:
+    """Paths in the file are relative to its folder, except ``project.state_dir``: relative to
+    the project root (:func:`project_root`), so every params file of one checkout shares one
+    MLflow store, Prefect home and outbox instead of creating a second one next to itself."""
+
     def resolve(p: Path) -> Path:
         return p if p.is_absolute() else root / p
+
+    state_dir = params.project.state_dir
+    if not state_dir.is_absolute():
+        state_dir = project_root() / state_dir
 
     repo = params.data.repo
     if "://" not in repo and not Path(repo).is_absolute():
@@ -424,9 +603,7 @@ def _resolve_paths(params: Params, root: Path) -> Params:
     kubeconfig = params.deploy.kubeconfig
     return params.model_copy(
         update={
-            "project": params.project.model_copy(
-                update={"state_dir": resolve(params.project.state_dir)}
-            ),
+            "project": params.project.model_copy(update={"state_dir": state_dir}),
             "data": params.data.model_copy(update={"repo": repo}),
             "validate_": params.validate_.model_copy(
                 update={"suite": resolve(params.validate_.suite)}

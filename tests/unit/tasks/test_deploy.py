@@ -78,20 +78,27 @@ def test_canary_goes_first(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("target", "env", "home_config", "expected"),
+    ("target", "named", "env", "home_config", "expected"),
     [
-        ("auto", {}, False, "dry-run"),
-        ("auto", {"KUBECONFIG": "/x"}, False, "cluster"),
-        ("auto", {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, False, "cluster"),
-        ("auto", {}, True, "cluster"),
-        ("dry-run", {"KUBECONFIG": "/x"}, True, "dry-run"),
-        ("cluster", {}, False, "cluster"),
+        ("auto", {}, {}, False, "dry-run"),
+        # a kubeconfig in the environment or the home directory is not a cluster the user named
+        ("auto", {}, {"KUBECONFIG": "/x"}, False, "dry-run"),
+        ("auto", {}, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, False, "dry-run"),
+        ("auto", {}, {}, True, "dry-run"),
+        ("auto", {"kubeconfig": "kube.yaml"}, {}, True, "dry-run"),  # no context: not named
+        ("auto", {"kubeconfig": "kube.yaml", "context": "prod"}, {}, False, "cluster"),
+        ("dry-run", {"kubeconfig": "k", "context": "prod"}, {"KUBECONFIG": "/x"}, True, "dry-run"),
+        ("cluster", {}, {}, False, "cluster"),
     ],
 )
-def test_mode_is_explicit(tmp_path, monkeypatch, target, env, home_config, expected):
+def test_auto_deploys_only_to_a_cluster_named_in_params(
+    tmp_path, monkeypatch, target, named, env, home_config, expected
+):
     monkeypatch.setenv("HOME", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     if home_config:
         (tmp_path / ".kube").mkdir()
         (tmp_path / ".kube" / "config").write_text("{}")
-    params = small_params(tmp_path / "p", deploy={"target": target})
-    assert resolve_mode(params.deploy, env) == expected
+    params = small_params(tmp_path / "p", deploy={"target": target, **named})
+    assert resolve_mode(params.deploy) == expected
