@@ -46,8 +46,10 @@ def use_tracking(params: Params) -> str:
     """Point MLflow's fluent API at the model's store (read-only: nothing is created)."""
     import mlflow
 
+    from tasks.services import bound_mlflow
     from tasks.train import tracking_uri
 
+    bound_mlflow(params.timeouts)  # a team server that does not answer fails in seconds
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -242,8 +244,11 @@ def gather(model: Model, limit: int = 5) -> Status:
     except Exception as exc:
         status.unavailable["kubernetes"] = _why(exc)
     if os.environ.get("PREFECT_API_URL") or _prefect_configured():
+        from tasks.services import prefect_deadline
+
         try:
-            status.next_run = next_run_facts(model)
+            with prefect_deadline(params.timeouts):
+                status.next_run = next_run_facts(model)
         except Exception as exc:
             status.unavailable["prefect"] = _why(exc)
     else:
