@@ -246,7 +246,9 @@ def bench_webhook(state: Path, runs: int) -> list[float]:
             from prefect.client.orchestration import get_client
 
             with get_client(sync_client=True) as client:
-                _wait(lambda: _exists(client, "continuous-training/on-new-data"), 90)
+                _wait(
+                    lambda: _exists(client, "continuous-training/churn-classifier-on-new-data"), 90
+                )
                 _wait(lambda: _up(f"http://127.0.0.1:{port}/health"), 30)
                 for day in range(1, runs + 1):
                     rev = publish_batch(
