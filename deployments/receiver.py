@@ -2,7 +2,7 @@
 
     python -m deployments.webhook --host 127.0.0.1 --port 8787 [--params params.yaml]
 
-`POST /hooks/data-landed` answers 202 with the flow run of `continuous-training/on-new-data`
+`POST /hooks/data-landed` answers 202 with the flow run of `continuous-training/<model>-on-new-data`
 it started (or the one already started for that data version). It holds up to slow and many
 clients: at most ``triggers.webhook.max_in_flight`` connections are served at once (more get
 503 at once), each request has ``request_timeout_seconds`` in all (headers, body and starting

@@ -22,7 +22,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from deployments.definitions import DeploymentSpec, deployment_specs
+from deployments.definitions import DeploymentSpec, project_specs
 from deployments.server import prefect_server, runtime_settings
 from tasks.config import load_params
 
@@ -93,7 +93,7 @@ def maybe_webhook(params_file: str, host: str, port: int | None) -> Any:
 def repair_at_start(params_file: str) -> None:
     """Flow `repair` once, before anything is served: a deploy killed with the last served
     process is put right now, not at the next training run. A failure is reported, and the
-    `repair/scheduled` deployment tries again."""
+    `repair/<model>-scheduled` deployment tries again."""
     from flows.repair import repair
 
     try:
@@ -101,7 +101,7 @@ def repair_at_start(params_file: str) -> None:
     except Exception as exc:
         print(
             f"repair at start failed: {type(exc).__name__}: {exc}; "
-            "repair/scheduled tries again on its schedule",
+            "repair/<model>-scheduled tries again on its schedule",
             flush=True,
         )
         return
@@ -112,10 +112,11 @@ def serve_all(params_file: str) -> None:
     from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY, temporary_settings
 
     params = load_params(params_file)
-    specs = deployment_specs(params, params_file)
+    specs = project_specs(params_file)  # every model of the project: models.d/*, or this file
     settings = {PREFECT_RUNNER_POLL_FREQUENCY: params.triggers.poll_seconds, **runtime_settings()}
     with temporary_settings(updates=settings):
-        repair_at_start(params_file)
+        for model_params in sorted({s.parameters["params_file"] for s in specs}):
+            repair_at_start(model_params)
         deployments = [build_deployment(spec) for spec in specs]
         print("serving " + ", ".join(spec.full_name for spec in specs), flush=True)
         from deployments.runner import runner_kind, serve_deployments

@@ -4,7 +4,7 @@
 
 Prefect's open-source server has no webhooks (that is Prefect Cloud), so the receiver
 (deployments/receiver.py) verifies the request and creates the flow run of
-`continuous-training/on-new-data` itself. This module holds the rules, free of any server:
+`continuous-training/<model>-on-new-data` itself. This module holds the rules, free of any server:
 
 - signed like Slack's and Stripe's webhooks:
     X-Ctflows-Timestamp: <unix seconds>

@@ -122,7 +122,7 @@ def test_the_jobs_command_runs_the_deployments_flow_with_the_runs_parameters(
         "dry_run": True,
     }
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("continuous-training/manual")
+        deployment = client.read_deployment_by_name("continuous-training/churn-classifier-manual")
         flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
         job = render_job(kubernetes_pool, flow_run.id)
         container = job["spec"]["template"]["spec"]["containers"][0]
