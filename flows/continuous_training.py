@@ -9,6 +9,7 @@ from tasks.config import Params, load_params
 from tasks.data import pull_data, resolve_data
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate
+from tasks.ledger import check_freeze
 from tasks.notify import Kind, RunOutcome, notify
 from tasks.promote import (
     finish_promotion,
@@ -147,6 +148,19 @@ def _continuous_training(
                 raise GateRejected(report)
             return result
         step = "promote"
+        freeze = check_freeze(params)
+        if freeze is not None:  # gated but not promoted; not complete: decided again later
+            frozen = RunOutcome(
+                "frozen",
+                outcome.model_name,
+                version.md5,
+                champion.version if champion else None,
+                run_id=trained.run_id,
+                flow_run=outcome.flow_run,
+                error=f"promotions frozen by {freeze.actor} since {freeze.at}: {freeze.reason}",
+            ).with_report(report)
+            notify(frozen, params)
+            return frozen
         promotion = promote_model(trained, params, templates)
         step = "deploy"
         try:

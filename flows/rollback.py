@@ -18,8 +18,15 @@ from tasks.train import hold_training_lock, prepare_tracking
 
 
 @flow(name="rollback")
-def rollback(version: str | None = None, params_file: str = "params.yaml") -> RunOutcome:
+def rollback(
+    version: str | None = None,
+    params_file: str = "params.yaml",
+    reason: str = "",
+    actor: str = "",
+) -> RunOutcome:
     """Restore the previous champion, or ``version``, in the registry and in the cluster.
+
+    ``reason`` and ``actor`` (who asked) go to Slack and the model's history.
 
     The cluster is rolled out first and waited for; only when the old image serves does the
     alias move. If that rollout fails, the cluster is put back and the alias stays.
@@ -60,6 +67,8 @@ def rollback(version: str | None = None, params_file: str = "params.yaml") -> Ru
         plan.target.run_id,
         deploy=deployed.summary(),
         flow_run=flow_run.ui_url,
+        error=reason or None,
+        actor=actor or None,
     )
     notify(outcome, params)
     return outcome

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -291,6 +292,45 @@ class MonitorParams(_Section):
     shadow: ShadowParams = ShadowParams()
 
 
+class ResourceParams(_Section):
+    """Kubernetes resource quantities for one flow-run Job (``500m``, ``2``, ``4Gi``)."""
+
+    cpu_request: str | None = "1"
+    cpu_limit: str | None = "2"
+    memory_request: str | None = "2Gi"
+    memory_limit: str | None = "4Gi"
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+(\.\d+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?", value):
+            raise ValueError(
+                f"expected a Kubernetes quantity like '500m', '2' or '4Gi', got {value!r}"
+            )
+        return value
+
+
+class WorkPoolParams(_Section):
+    """Where deployments run: `process` (`make serve`, a process worker) or Kubernetes Jobs."""
+
+    name: str = "ctflows-kubernetes"
+    image: str = "registry.example.com/ctflows-flow@sha256:" + "0" * 64
+    namespace: str = "ctflows"
+    service_account: str = "ctflows-deployer"
+    secrets: list[str] = Field(default_factory=lambda: ["ctflows-secrets"])
+    resources: ResourceParams = ResourceParams()
+    finished_job_ttl_seconds: int | None = Field(3600, ge=0)
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if "@sha256:" not in value:
+            raise ValueError(
+                f"expected an image pinned by digest (repository@sha256:<64 hex>), got {value!r}"
+            )
+        return value
+
+
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     data: DataParams
@@ -305,6 +345,7 @@ class Params(_Section):
     triggers: TriggerParams = TriggerParams()
     drift: DriftParams = DriftParams()
     monitor: MonitorParams = MonitorParams()
+    workpool: WorkPoolParams = WorkPoolParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -338,9 +379,7 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source} is invalid:\n{_format_error(exc)}") from exc
 
 
-def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
-    """Load and validate ``params.yaml``; relative paths in it are resolved against its folder."""
-    file = Path(path)
+def _read_mapping(file: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(file.read_text())
     except FileNotFoundError as exc:
@@ -349,8 +388,74 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{file} must hold a mapping of sections, found {type(raw).__name__}")
+    return raw
+
+
+# (section, key) of the values that are paths, made absolute against the file that sets them
+_PATH_KEYS: tuple[tuple[str, str], ...] = (
+    ("project", "state_dir"),
+    ("data", "repo"),
+    ("validate", "suite"),
+    ("deploy", "kubeconfig"),
+)
+
+
+def _absolute_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    out = dict(raw)
+    for section, key in _PATH_KEYS:
+        values = out.get(section)
+        if not isinstance(values, dict) or not isinstance(values.get(key), str):
+            continue
+        value = values[key]
+        if "://" in value or Path(value).is_absolute():
+            continue
+        out[section] = {**values, key: str(folder / value)}
+    return out
+
+
+def merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_sections(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_raw_params(file: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
+    """The mapping of ``file`` on top of the file its ``extends:`` key names (relative to it).
+
+    Returns the merged mapping and the folder of the first file of the chain (the project
+    root): paths left relative, such as defaults, resolve against it.
+    """
+    file = file.resolve()
+    if file in _chain:
+        raise ConfigError(
+            f"{file}: `extends` loops back to itself ({' -> '.join(map(str, _chain))})"
+        )
+    raw = _read_mapping(file)
+    parent = raw.pop("extends", None)
+    raw = _absolute_paths(raw, file.parent)
+    if parent is None:
+        return raw, file.parent
+    if not isinstance(parent, str):
+        raise ConfigError(f"{file}: extends must be the path of a params file, got {parent!r}")
+    base, root = read_raw_params(file.parent / parent, (*_chain, file))
+    return merge_sections(base, raw), root
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
+    """Load and validate ``params.yaml``; relative paths in it are resolved against its folder.
+
+    A file with ``extends: <path>`` holds only what differs from that file (one model of
+    several sharing the project's defaults); sections merge key by key.
+    """
+    file = Path(path)
+    raw, root = read_raw_params(file)
     params = parse_params(raw, str(file))
-    return _resolve_paths(params, file.resolve().parent)
+    return _resolve_paths(params, root)
 
 
 def _resolve_paths(params: Params, root: Path) -> Params:
