@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect call
     params_file = str(Path(args.params).resolve())
     signal.signal(signal.SIGTERM, _exit_on_term)  # so the server and webhook stop with us
     with contextlib.ExitStack() as stack:

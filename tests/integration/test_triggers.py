@@ -68,6 +68,9 @@ def flow_runs_of(deployment_name: str):
     return [r for r in runs if r.created and r.created.timestamp() >= SINCE["t"]]
 
 
+HOST = "127.0.0.2"  # not the default: `--host` must reach the receiver
+
+
 @pytest.fixture
 def served(workspace, prefect_api, tmp_path):
     env = {
@@ -89,6 +92,8 @@ def served(workspace, prefect_api, tmp_path):
             str(workspace.params_file),
             "--webhook-port",
             str(port),
+            "--host",
+            HOST,
         ],
         cwd=ROOT,
         env=env,
@@ -96,22 +101,19 @@ def served(workspace, prefect_api, tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for(
-            lambda: flow_runs_of("continuous-training/on-new-data") is not None,
-            60,
-            "the served deployments",
-        )
+        wait_for(lambda: "serving " in (tmp_path / "serve.log").read_text(), 120, "serving")
         wait_for(lambda: _health(port), 30, "the webhook receiver")
-        yield f"http://127.0.0.1:{port}/hooks/data-landed"
+        assert not _health(port, "127.0.0.1"), "the receiver must bind only to --host"
+        yield f"http://{HOST}:{port}/hooks/data-landed"
     finally:
         serve.terminate()
         serve.wait(timeout=30)
         logs.close()
 
 
-def _health(port: int) -> bool:
+def _health(port: int, host: str = HOST) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -164,8 +166,16 @@ def test_committed_prefect_yaml_matches_the_definitions():
     committed = (ROOT / "deployments" / "prefect.yaml").read_text()
     assert committed == render(str(ROOT / "params.yaml"))
     spec = yaml.safe_load(committed)
-    names = {d["name"] for d in spec["deployments"]}
-    assert names == {"scheduled", "on-new-data", "manual", "daily"}
+    names = {(d["entrypoint"].split(":")[1], d["name"]) for d in spec["deployments"]}
+    assert names == {
+        ("continuous_training", "scheduled"),
+        ("continuous_training", "on-new-data"),
+        ("continuous_training", "manual"),
+        ("drift_monitor", "daily"),
+        ("repair", "scheduled"),
+    }
+    repair = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":repair"))
+    assert repair["schedules"] == [{"interval": 60, "active": True}]
     landed = next(d for d in spec["deployments"] if d["name"] == "on-new-data")
     trigger = landed["triggers"][0]
     assert trigger["expect"] and trigger["match"]["prefect.resource.id"].endswith("batch.parquet")
