@@ -24,7 +24,7 @@ def drift_monitor(
     """Compare data at ``rev`` with the champion's training rows; drift starts a retraining.
 
     Beyond the thresholds in ``params.drift``, emits the drift event that the
-    `continuous-training/on-new-data` deployment is triggered by, with this data's path,
+    `continuous-training/<model>-on-new-data` deployment is triggered by, with this data's path,
     revision and md5; the per-feature report goes to Slack and to a Prefect table artifact.
     """
     logger = get_run_logger()
