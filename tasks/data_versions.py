@@ -64,6 +64,10 @@ class DataVersion:
     def window(self) -> tuple[DataVersion, ...]:
         return (self, *self.history)
 
+    def members(self) -> tuple[DataVersion, ...]:
+        """Each version of the window on its own (no history), newest first."""
+        return tuple(replace(v, history=()) for v in self.window)
+
     def describe(self) -> str:
         return f"{self.path}@{self.rev[:10]} (md5 {self.md5})"
 

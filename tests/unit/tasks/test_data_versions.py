@@ -177,6 +177,8 @@ def test_the_window_reads_each_version_at_its_own_revision(data_repo, tmp_path, 
     rows = read_version(pull_version(version))
     expected = pd.concat([frames[d] for d in reversed(days_used)], ignore_index=True)
     pd.testing.assert_frame_equal(rows, expected)
+    assert [m.window for m in version.members()] == [(m,) for m in version.members()]
+    assert [m.md5 for m in version.members()] == [v.md5 for v in version.window]
     used = json.loads(lineage_tags(version)["ct.data_versions"])
     assert used == [{"rev": revs[d], "md5": md5_of(repo, revs[d])} for d in days_used]
 
