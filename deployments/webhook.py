@@ -29,7 +29,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,7 @@ class Landed:
     path: str
     rev: str
     md5: str | None
+    model: str | None = None  # the model named in the request, or the one it was routed to
 
     @property
     def identity(self) -> str:
@@ -181,7 +182,42 @@ class Landed:
         return f"ctflows.data:{self.identity}"
 
     def idempotency_key(self, attempt: int) -> str:
-        return f"data-landed:{self.identity}#{attempt}"
+        """Unique per model, data version and attempt (Prefect keys are per flow, and every
+        model's data-landed deployment runs the same flow)."""
+        return f"data-landed:{self.model or ''}:{self.identity}#{attempt}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where requests for one model go: its data path, deployment and params file."""
+
+    model: str
+    data_path: str
+    deployment: str
+    params_file: str
+    repo: str
+
+
+def route(landed: Landed, routes: Sequence[Route]) -> Route:
+    """The model a request is for: the one it names in ``model``, else the one whose
+    ``data.path`` is its ``path`` (an installation with one model takes every path)."""
+    known = ", ".join(f"{r.model} ({r.data_path})" for r in routes)
+    if landed.model is not None:
+        for candidate in routes:
+            if candidate.model == landed.model:
+                return candidate
+        raise WebhookError(422, f"unknown model {landed.model!r}; known models: {known}")
+    if len(routes) == 1:
+        return routes[0]
+    matching = [r for r in routes if r.data_path == landed.path]
+    if len(matching) == 1:
+        return matching[0]
+    if not matching:
+        raise WebhookError(
+            422, f"no model trains on {landed.path!r}; models and their data: {known}"
+        )
+    names = ", ".join(r.model for r in matching)
+    raise WebhookError(422, f"models {names} all train on {landed.path!r}: name one in `model`")
 
 
 def moves_on(state_type: str) -> bool:
@@ -208,7 +244,10 @@ def parse_body(body: bytes) -> Landed:
     md5 = data.get("md5")
     if md5 is not None and (not isinstance(md5, str) or not re.fullmatch(r"[0-9a-f]{32}", md5)):
         raise WebhookError(422, "md5, when given, must be a 32-character hex string")
-    return Landed(data["path"], data["rev"], md5)
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise WebhookError(422, "model, when given, must be a model name")
+    return Landed(data["path"], data["rev"], md5, model)
 
 
 class NoSecret(RuntimeError):

@@ -31,6 +31,7 @@ from bench.webhook_load import (
 )
 
 SECRET = "receiver-test-secret"
+DATA_LANDED = "continuous-training/churn-classifier-on-new-data"
 
 
 class SwitchableProxy:
@@ -124,12 +125,12 @@ def test_a_request_refused_because_prefect_was_down_starts_its_run_when_retried(
             down = post(url, BODY, headers)
             assert down.status == 503, down
             assert "retry" in down.body["error"]
-            assert runs_of("continuous-training/on-new-data", since) == []
+            assert runs_of(DATA_LANDED, since) == []
 
             proxy.up = True
             retried = post(url, BODY, headers)  # the very same signed request
             assert retried.status == 202, retried
-            runs = runs_of("continuous-training/on-new-data", since)
+            runs = runs_of(DATA_LANDED, since)
             assert [str(r.id) for r in runs] == [retried.body["flow_run_id"]]
 
             replay = post(url, BODY, headers)  # now it was accepted: a replay
@@ -193,7 +194,7 @@ def test_hundreds_of_requests_tens_in_flight_one_run_per_data_version(receiver_a
     for body, answer in zip(bodies, answers, strict=True):
         by_md5.setdefault(json.loads(body)["md5"], set()).add(answer.body["flow_run_id"])
     assert len(by_md5) == 12 and all(len(ids) == 1 for ids in by_md5.values())
-    runs = runs_of("continuous-training/on-new-data", since)
+    runs = runs_of(DATA_LANDED, since)
     assert len(runs) == 12  # none lost, none twice
     assert {str(r.id) for r in runs} == set().union(*by_md5.values())
 
