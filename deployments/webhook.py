@@ -258,7 +258,7 @@ def webhook_secret(params: Params) -> str:
     """The shared secret, from ``triggers.webhook.secret_env`` or its Prefect Secret block."""
     hook = params.triggers.webhook
     secret = os.environ.get(hook.secret_env)
-    if not secret and hook.secret_block:
+    if not secret and hook.secret_block and _prefect_api_configured():
         from prefect.blocks.system import Secret
 
         try:
@@ -272,6 +272,13 @@ def webhook_secret(params: Params) -> str:
             where += f" or the Prefect Secret block {hook.secret_block!r}"
         raise NoSecret(f"no webhook secret: set {where} (triggers.webhook in params)")
     return secret
+
+
+def _prefect_api_configured() -> bool:
+    """Without an API URL, Prefect would start a temporary server just to say "no block"."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
 
 
 def main(argv: list[str] | None = None) -> None:
