@@ -133,6 +133,6 @@ def test_the_scheduled_repair_puts_right_a_kill_9_mid_deploy_without_a_training_
         )
         # the killed run's slot frees itself within its 60 s lease (+15 s server sweep)
         assert took < 60 + 15 + 3 * 10 + 30
+        wait_until(lambda: any("recovered" in t for t in ws.slack.texts()), 30, "the notice")
     assert champion_version(ws) == first.version == "1"
     assert image(kube) == version_image(ws, "1")
-    assert any("recovered" in t for t in ws.slack.texts())
