@@ -92,6 +92,19 @@ def hold_training_lock(params: Params, wait_seconds: float | None = None) -> Ite
         yield
 
 
+def training_slot_taken(params: Params) -> bool:
+    """Whether a run holds the model's training slot now (a killed run's until its lease ends)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(training_lock(params))
+        except ObjectNotFound:
+            return False
+    return bool(limit.active_slots >= limit.limit)
+
+
 def make_estimator(params: Params) -> ClassifierMixin:
     """The configured classifier, seeded and with its thread count set explicitly."""
     module_name, _, class_name = params.train.estimator.rpartition(".")
