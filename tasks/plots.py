@@ -89,7 +89,12 @@ def write_plots(report: GateReport, folder: Path) -> list[Path]:
 
 def write_gate_overview(report: GateReport, folder: Path) -> Path:
     """One row per gate result, built-in and custom alike, coloured by status."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
 
     rows = list(report.gates)
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1))

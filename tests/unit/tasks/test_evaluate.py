@@ -221,7 +221,10 @@ def test_a_declared_schema_change_is_allowed_with_force_and_reported(world, tmp_
     declared = small_params(
         tmp_path,
         data={"categorical_features": cats},
-        gates={"champion_scoring": {"declared_schema_change": True}},
+        gates={
+            "champion_scoring": {"declared_schema_change": True},
+            "fairness": {"slice_columns": ["region"]},
+        },
     )
     train, _ = split_holdout(make_batch(2, 6_000).drop(columns=["contract"]), declared.data)
     candidate = train_model(train, declared)
