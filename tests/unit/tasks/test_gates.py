@@ -109,7 +109,8 @@ def test_custom_gate_with_a_plot_gets_its_own_figure(rows, tmp_path, monkeypatch
         "class Spread(BaseGate):\n"
         "    name = 'spread'\n"
         "    def evaluate(self, ev):\n"
-        "        return [self.result('passed', 'measured', 'std', float(ev.candidate_scores.std()))]\n"
+        "        spread = float(ev.candidate_scores.std())\n"
+        "        return [self.result('passed', 'measured', 'std', spread)]\n"
         "    def plot(self, ev, ax):\n"
         "        ax.hist(ev.candidate_scores)\n"
     )
@@ -162,7 +163,7 @@ def test_a_gate_that_raises_fails_the_run_instead_of_deciding(rows, tmp_path, mo
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     params = policy(tmp_path / "p", custom=[{"path": "boom:Boom"}])
-    with pytest.raises(GateError, match="boom.*revenue table is empty"):
+    with pytest.raises(GateError, match=r"boom.*revenue table is empty"):
         compare(Fixed(good), Fixed(vague), holdout, params.gates, params.data)
 
 
@@ -172,7 +173,7 @@ def test_a_disturbed_latency_timer_is_an_error_not_a_rejection(rows, tmp_path):
         tmp_path,
         gates={"latency": {"batch_size": 200, "repeats": 20, "warmup": 2, "max_ratio": 1.5}},
     )
-    with pytest.raises(GateError, match="latency.*disturbed"):
+    with pytest.raises(GateError, match=r"latency.*disturbed"):
         compare(SlowAtFirst(good, 22), Fixed(vague), holdout, params.gates, params.data)
 
 
@@ -185,7 +186,7 @@ def test_predict_memory_sees_memory_in_a_fresh_process(rows, tmp_path):
 
 
 def test_fairness_does_not_gate_slices_below_min_slice_rows(rows, tmp_path):
-    holdout, y, good, _ = rows
+    holdout, _, good, _ = rows
     odd = holdout.copy()
     odd.loc[odd.index[:20], "gender"] = "tiny"  # 20 rows: reported, not gated
     tilted = np.where(odd["gender"] == "tiny", 0.99, good)  # every one of them "positive"
@@ -211,7 +212,7 @@ def test_without_a_sensitive_column_fairness_is_skipped_and_says_why(rows, tmp_p
 
 
 def test_parity_tells_a_sharper_better_model_from_a_different_one(rows, tmp_path):
-    holdout, y, good, vague = rows
+    holdout, _, good, vague = rows
     params = policy(tmp_path)
     sharper = compare(Fixed(good), Fixed(vague), holdout, params.gates, params.data)
     gate = sharper.gate("prediction_parity")
