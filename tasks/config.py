@@ -29,7 +29,6 @@ MetricName = Literal[
     "mae",
     "r2",
 ]
-IMAGE_TEMPLATE_FIELDS = frozenset({"model_name", "version", "run_id", "data_md5"})
 
 
 class ConfigError(ValueError):
