@@ -30,7 +30,7 @@ test-unit: $(STAMP)  ## unit tests only (seconds, no servers)
 test-integration: $(STAMP)  ## integration tests only
 	$(PY) -m pytest tests/integration
 
-bench: $(STAMP)  ## speed targets; writes bench/results.json
+bench: $(STAMP)  ## served-run speed and memory targets -> bench/results.json, README, bench/scaling.png
 	$(PY) -m bench.run
 
 lint: $(STAMP)  ## ruff and mypy, as before every commit
