@@ -109,7 +109,6 @@ def repair_at_start(params_file: str) -> None:
 
 
 def serve_all(params_file: str) -> None:
-    from prefect import serve
     from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY, temporary_settings
 
     params = load_params(params_file)
@@ -120,7 +119,10 @@ def serve_all(params_file: str) -> None:
             repair_at_start(model_params)
         deployments = [build_deployment(spec) for spec in specs]
         print("serving " + ", ".join(spec.full_name for spec in specs), flush=True)
-        serve(*deployments, print_starting_message=False)
+        from deployments.runner import runner_kind, serve_deployments
+
+        print(f"flow runs start by {runner_kind()} (CTFLOWS_RUNNER; see deployments/runner.py)")
+        serve_deployments(deployments)
 
 
 def _exit_on_term(signum: int, frame: object) -> None:

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 
 from tasks.config import load_params
 from tasks.deploy import check_deployment, deploy_model
+from tasks.image import check_image
 from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import (
     begin_rollback,
@@ -40,6 +41,7 @@ def rollback(
         plan = None
         try:
             plan = plan_rollback(params, version)
+            check_image(plan.target.image, params)  # the recorded digest, before any change
             begin_rollback(params, plan, check_deployment(params))
             deployed = deploy_model(plan.target, params)  # reverts the cluster if it fails
             switch_alias(params, plan)

@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MetricName = Literal["roc_auc", "pr_auc", "f1", "accuracy", "log_loss", "brier"]
-IMAGE_TEMPLATE_FIELDS = frozenset({"model_name", "version", "run_id", "data_md5"})
 
 
 class ConfigError(ValueError):
@@ -66,22 +65,53 @@ class ProjectParams(_Section):
     state_dir: Path = Path(".ctflows")
 
 
+class TrainingWindow(_Section):
+    """The data versions one training run reads: by default the newest alone.
+
+    ``versions``: the last K distinct data versions of ``data.path`` up to ``data.rev``;
+    ``days``: the versions committed within D days before ``data.rev``'s commit. Both set: the
+    last K versions, none older than D days. Each version is read through DVC at its own commit.
+    """
+
+    versions: int | None = Field(None, ge=1, le=100)
+    days: float | None = Field(None, gt=0)
+
+    @property
+    def newest_only(self) -> bool:
+        return self.versions in (None, 1) and self.days is None
+
+
 class DataParams(_Section):
     repo: str = "."
     path: str = "data/batch.parquet"
     rev: str = "HEAD"
     label: str
-    id_column: str
-    timestamp_column: str
-    sensitive_column: str
+    id_column: str | None = None  # null: the holdout is split on a hash of the whole row
+    timestamp_column: str | None = None  # null: no column is kept out of the features as time
+    sensitive_column: str | None = None  # null: no fairness gates (said in the gate report)
     numeric_features: list[str] = Field(min_length=0)
     categorical_features: list[str] = Field(min_length=0)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 7
+    window: TrainingWindow = TrainingWindow()
 
     @property
     def features(self) -> list[str]:
         return [*self.numeric_features, *self.categorical_features]
+
+    def configured_columns(self) -> dict[str, str]:
+        """Every column params name, keyed by the params key that names it."""
+        named = {
+            "data.label": self.label,
+            "data.id_column": self.id_column,
+            "data.timestamp_column": self.timestamp_column,
+            "data.sensitive_column": self.sensitive_column,
+        }
+        columns = {key: column for key, column in named.items() if column is not None}
+        for key in ("numeric_features", "categorical_features"):
+            for i, column in enumerate(getattr(self, key)):
+                columns[f"data.{key}[{i}]"] = column
+        return columns
 
     @model_validator(mode="after")
     def _features_disjoint(self) -> DataParams:
@@ -90,9 +120,12 @@ class DataParams(_Section):
         both = set(self.numeric_features) & set(self.categorical_features)
         if both:
             raise ValueError(f"features listed as numeric and categorical: {sorted(both)}")
-        reserved = {self.label, self.id_column, self.timestamp_column} & set(self.features)
+        roles = [self.label, self.id_column, self.timestamp_column, self.sensitive_column]
+        reserved = {c for c in roles if c is not None} & set(self.features)
         if reserved:
-            raise ValueError(f"label, id or timestamp column used as a feature: {sorted(reserved)}")
+            raise ValueError(
+                f"label, id, timestamp or sensitive column used as a feature: {sorted(reserved)}"
+            )
         return self
 
 
@@ -153,7 +186,8 @@ class SizePolicy(_Section):
 
 class FairnessPolicy(_Section):
     enabled: bool = True
-    sensitive_column: str = "gender"
+    # filled from data.sensitive_column when params load (one source); None: no fairness gates
+    sensitive_column: str | None = None
     slice_columns: list[str] = Field(default_factory=list)
     min_slice_rows: int = Field(50, ge=1)
     max_slice_gap: float | None = Field(0.15, ge=0)
@@ -248,7 +282,7 @@ class DeployParams(_Section):
     namespace: str = "default"
     deployment: str
     container: str
-    image_template: str
+    image_template: str | None = None  # replaced by image.repository/image.tag (by digest)
     kubeconfig: Path | None = None
     context: str | None = None
 
@@ -275,18 +309,85 @@ class DeployParams(_Section):
 
     @field_validator("image_template")
     @classmethod
-    def _known_fields(cls, value: str) -> str:
+    def _replaced(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "images are now built by ctflows and deployed by digest: remove "
+                "deploy.image_template and set image.repository (and image.tag) instead"
+            )
+        return value
+
+
+IMAGE_TAG_FIELDS = frozenset({"model_name", "version", "run_id", "data_md5"})
+_PINNED = r"^[^/\s]+\.?[^/\s]*/[^@\s]+@sha256:[0-9a-f]{64}$"
+
+
+class ImageParams(_Section):
+    """The model image built per promoted version (stage `image`)."""
+
+    repository: str | None = None  # registry/path to push to; None: OCI layout in state_dir only
+    base: str | None = None  # serving base image, pinned by digest; None: model-only (modelcar)
+    platform: str = "linux/amd64"  # picked from a multi-architecture base
+    tag: str = "{model_name}-v{version}"
+    model_path: str = "/models"  # where the MLflow model directory lands in the image
+    source: str | None = None  # org.opencontainers.image.source
+    auth_backend: Literal["token", "basic"] = "token"
+    username_env: str = "CTFLOWS_REGISTRY_USERNAME"
+    password_env: str = "CTFLOWS_REGISTRY_PASSWORD"
+    timeout_seconds: float = Field(30.0, gt=0)
+    retries: int = Field(2, ge=0)
+
+    @field_validator("base")
+    @classmethod
+    def _pinned(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.match(_PINNED, value):
+            raise ValueError(
+                f"{value!r} is not pinned by digest: expected host/path@sha256:<64 hex> "
+                "(a tag can move; look the digest up with `skopeo inspect docker://<ref>`)"
+            )
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _bare_repository(cls, value: str | None) -> str | None:
+        if value is not None and ("@" in value or ":" in value.rsplit("/", 1)[-1]):
+            raise ValueError(
+                f"{value!r}: give the repository without tag or digest (the tag is image.tag)"
+            )
+        if value is not None and "/" not in value:
+            raise ValueError(f"{value!r}: expected host[:port]/path, e.g. ghcr.io/team/churn-model")
+        return value
+
+    @field_validator("platform")
+    @classmethod
+    def _os_arch(cls, value: str) -> str:
+        if value.count("/") not in (1, 2):
+            raise ValueError(f"expected os/arch[/variant] like linux/amd64, got {value!r}")
+        return value
+
+    @field_validator("model_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or value.rstrip("/") == "":
+            raise ValueError(f"expected an absolute directory like /models, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("tag")
+    @classmethod
+    def _tag_fields(cls, value: str) -> str:
         fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        unknown = fields - IMAGE_TEMPLATE_FIELDS
+        unknown = fields - IMAGE_TAG_FIELDS
         if unknown:
             raise ValueError(
-                f"unknown field(s) {sorted(unknown)}; allowed: {sorted(IMAGE_TEMPLATE_FIELDS)}"
+                f"unknown field(s) {sorted(unknown)}; allowed: {sorted(IMAGE_TAG_FIELDS)}"
             )
         if "version" not in fields:
-            raise ValueError("the template must contain {version} so each model gets its own image")
+            raise ValueError("the tag must contain {version} so each model gets its own tag")
         sample = value.format(model_name="m", version="1", run_id="r", data_md5="d")
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@]*$", sample):
-            raise ValueError(f"{value!r} does not render to an image reference")
+        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", sample):
+            raise ValueError(f"{value!r} does not render to an image tag ([A-Za-z0-9_.-])")
         return value
 
 
@@ -354,8 +455,12 @@ class TriggerParams(_Section):
 
 class DriftParams(_Section):
     schedule: ScheduleParams = ScheduleParams(cron="0 6 * * *")
-    ks_pvalue: float = Field(0.001, gt=0, lt=1)
+    ks_pvalue: float = Field(0.001, gt=0, lt=1)  # after the multiple-testing correction
     chi2_pvalue: float = Field(0.001, gt=0, lt=1)
+    # over all features tested at once: holm (family-wise), bonferroni, bh (false discovery rate)
+    correction: Literal["holm", "bonferroni", "bh", "none"] = "holm"
+    min_ks_statistic: float = Field(0.05, ge=0, le=1)  # effect floor: KS distance D
+    min_cramers_v: float = Field(0.05, ge=0, le=1)  # effect floor: categorical shift
     psi_threshold: float = Field(0.2, gt=0)
     max_null_increase: float = Field(0.05, ge=0, le=1)
     min_drifted_features: int = Field(1, ge=1)
@@ -467,6 +572,7 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     mlflow: MlflowParams = MlflowParams()
     deploy: DeployParams
+    image: ImageParams = ImageParams()
     notify: NotifyParams = NotifyParams()
     triggers: TriggerParams = TriggerParams()
     drift: DriftParams = DriftParams()
@@ -475,6 +581,26 @@ class Params(_Section):
     timeouts: TimeoutsParams = TimeoutsParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_sensitive_column(cls, raw: Any) -> Any:
+        """``data.sensitive_column`` is the one source; the fairness gates read it from there."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+            return raw
+        gates = raw.get("gates") or {}
+        if not isinstance(gates, dict):
+            return raw
+        fairness = gates.get("fairness") or {}
+        if not isinstance(fairness, dict):
+            return raw
+        if "sensitive_column" in fairness:
+            raise ValueError(
+                "gates.fairness.sensitive_column is no longer read: set data.sensitive_column "
+                "(one source for the column kept out of the features and used by fairness gates)"
+            )
+        sensitive = raw["data"].get("sensitive_column")
+        return {**raw, "gates": {**gates, "fairness": {**fairness, "sensitive_column": sensitive}}}
 
     @property
     def state_dir(self) -> Path:

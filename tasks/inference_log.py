@@ -148,6 +148,49 @@ def read_inference_log(
     return LogWindow(start, end, logged.drop(columns="features"), inputs, len(files), tuple(notes))
 
 
+def read_recent(
+    url: str, rows: int, model_version: str | None = None, threshold: float = 0.5
+) -> LogWindow:
+    """The last ``rows`` logged predictions (of ``model_version`` if given), newest days first."""
+    import pandas as pd
+
+    files = log_files(url)
+    frames: list[pd.DataFrame] = []
+    notes: list[str] = []
+    found = 0
+    days: dict[str, list[str]] = {}
+    for path in files:
+        match = DAY.search(path)
+        days.setdefault(match.group(1) if match else "", []).append(path)
+    for day in sorted(days, reverse=True):  # newest day first, whole days, until enough rows
+        for path in days[day]:
+            frame, problem = read_log_file(path, threshold)
+            if problem:
+                notes.append(problem)
+            elif frame is not None:
+                if model_version is not None:
+                    frame = frame[frame["model_version"].astype(str) == model_version]
+                frames.append(frame)
+                found += len(frame)
+        if found >= rows:
+            break
+    if not files:
+        notes.append(f"no inference log files at {url}")
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in REQUIRED})
+        return LogWindow(
+            None, None, empty.drop(columns="features"), pd.DataFrame(), len(files), tuple(notes)
+        )
+    logged = pd.concat(frames, ignore_index=True).drop_duplicates("prediction_id")
+    logged = logged.sort_values("time", kind="stable").tail(rows).reset_index(drop=True)
+    inputs, problem = parse_records(logged["features"].tolist())
+    if problem:
+        notes.append(problem)
+    start, end = logged["time"].min(), logged["time"].max()
+    return LogWindow(start, end, logged.drop(columns="features"), inputs, len(files), tuple(notes))
+
+
 def parse_records(features: list[str]) -> tuple[pd.DataFrame, str | None]:
     """The logged JSON records as columns (Arrow's JSON reader; row by row when it refuses)."""
     import pandas as pd
