@@ -27,6 +27,8 @@ def declare(project: Path, name: str, data_path: str) -> None:
         "data": {"path": data_path},
         "registry": {"model_name": name},
         "deploy": {"deployment": f"{name}-model"},
+        # both train at once on a shared machine: a timing gate would measure the neighbour
+        "gates": {"latency": {"enabled": False}},
     }
     (folder / "params.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
 
