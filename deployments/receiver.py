@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,13 +33,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from deployments.definitions import data_landed_deployment
+from deployments.definitions import DATA_LANDED, TRAINING_FLOW, data_landed_deployment
 from deployments.webhook import (
     PATH,
     Landed,
     NoSecret,
     ReplayJournal,
+    Route,
     WebhookError,
+    choose_route,
     moves_on,
     parse_body,
     verify,
@@ -207,10 +210,28 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def model_routes(params_file: str) -> list[tuple[Route, Params]]:
+    """One route per model of the project whose root params file is ``params_file``."""
+    from ctflows.catalog import discover
+
+    routes = []
+    for model in discover(Path(params_file).resolve().parent):
+        model_params = model.params()
+        route = Route(
+            model.name,
+            model_params.data.path,
+            str(model.params_file),
+            data_landed_deployment(model_params, model.name),
+        )
+        routes.append((route, model_params))
+    return routes
+
+
 def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
     """The receiver's ASGI app: `GET /health` and `POST /hooks/data-landed`."""
     hook = params.triggers.webhook
-    deployment = data_landed_deployment(params)
+    routes = model_routes(params_file)
+    models = {route.model: model_params for route, model_params in routes}
     journal = ReplayJournal(hook.tolerance_seconds, params.state_dir / "webhook" / "accepted.log")
     budget = max(0.5, hook.request_timeout_seconds - 0.5)  # answer before the hard cut-off
 
@@ -219,7 +240,10 @@ def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
         from prefect.client.orchestration import get_client
 
         async with get_client() as client:
-            app.state.starter = RunStarter(client, deployment, params_file)
+            app.state.starters = {
+                route.model: RunStarter(client, route.deployment, route.params_file)
+                for route, _ in routes
+            }
             yield
 
     app = FastAPI(title="ctflows webhook", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -239,6 +263,7 @@ def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
     async def data_landed(request: Request) -> JSONResponse:
         client = request.client.host if request.client else "-"
         stage = "receive"
+        deployment = f"{TRAINING_FLOW}/<model>-{DATA_LANDED}"  # named once the request is routed
         try:
             async with asyncio.timeout(budget):
                 body = await read_body(request, hook.max_body_bytes)
@@ -246,7 +271,9 @@ def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
                 headers = {k.lower(): v for k, v in request.headers.items()}
                 signed = verify(secret, headers, body, now, hook.tolerance_seconds)
                 landed = parse_body(body)
-                starter: RunStarter = request.app.state.starter
+                route = choose_route(landed, [route for route, _ in routes])
+                deployment = route.deployment
+                starter: RunStarter = request.app.state.starters[route.model]
                 stage = "start"
                 async with starter.one_at_a_time(landed.identity):
                     earlier = journal.accepted(signed.signature, time.time())
@@ -254,7 +281,7 @@ def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
                         raise WebhookError(
                             409, f"this request was already accepted as flow run {earlier}"
                         )
-                    landed = await resolve_landed(landed, params)
+                    landed = await resolve_landed(landed, models[route.model])
                     started = await starter.start(landed)
                     journal.record(signed, started.flow_run_id, time.time())
         except WebhookError as exc:

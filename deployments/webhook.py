@@ -29,7 +29,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,7 @@ class Landed:
     path: str
     rev: str
     md5: str | None
+    model: str | None = None  # explicit routing; else the model whose data.path is ``path``
 
     @property
     def identity(self) -> str:
@@ -208,7 +209,38 @@ def parse_body(body: bytes) -> Landed:
     md5 = data.get("md5")
     if md5 is not None and (not isinstance(md5, str) or not re.fullmatch(r"[0-9a-f]{32}", md5)):
         raise WebhookError(422, "md5, when given, must be a 32-character hex string")
-    return Landed(data["path"], data["rev"], md5)
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise WebhookError(422, "model, when given, must be a model name (a string)")
+    return Landed(data["path"], data["rev"], md5, model)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a data-landed request for one model goes."""
+
+    model: str
+    data_path: str
+    params_file: str
+    deployment: str
+
+
+def choose_route(landed: Landed, routes: Sequence[Route]) -> Route:
+    """The model a request is for: its ``model`` field, else the model whose ``data.path`` it
+    names. A request that names no known model is refused (422), listing what is known."""
+    if landed.model is not None:
+        for route in routes:
+            if route.model == landed.model:
+                return route
+        known = ", ".join(r.model for r in routes)
+        raise WebhookError(422, f"unknown model {landed.model!r}; known models: {known}")
+    for route in routes:
+        if route.data_path == landed.path:
+            return route
+    known = ", ".join(f"{r.data_path} ({r.model})" for r in routes)
+    raise WebhookError(
+        422, f"no model trains on {landed.path!r}; known data paths: {known} (or send `model`)"
+    )
 
 
 class NoSecret(RuntimeError):

@@ -197,3 +197,22 @@ def test_replay_journal_file_stays_bounded_under_steady_traffic(tmp_path):
         journal.record(Signed(f"sig{second}", second), f"run{second}", second)
     assert len(journal) <= 11
     assert len(path.read_text().splitlines()) <= 2 * 11 + 101
+
+
+def test_a_request_goes_to_the_model_it_names_or_whose_data_it_names():
+    from deployments.webhook import Route, WebhookError, choose_route, parse_body
+
+    routes = [
+        Route("churn", "data/batch.parquet", "models.d/churn/params.yaml", "ct/churn-on-new-data"),
+        Route("upsell", "data/upsell.parquet", "models.d/upsell/params.yaml", "ct/upsell-x"),
+    ]
+    by_path = parse_body(b'{"path": "data/upsell.parquet", "rev": "main"}')
+    assert choose_route(by_path, routes).model == "upsell"
+    named = parse_body(b'{"path": "data/other.parquet", "rev": "main", "model": "churn"}')
+    assert choose_route(named, routes).model == "churn"
+    with pytest.raises(WebhookError, match=r"known data paths: data/batch.parquet \(churn\)"):
+        choose_route(parse_body(b'{"path": "data/x.parquet", "rev": "a"}'), routes)
+    with pytest.raises(WebhookError, match="unknown model 'fraud'; known models: churn, upsell"):
+        choose_route(parse_body(b'{"path": "d", "rev": "a", "model": "fraud"}'), routes)
+    with pytest.raises(WebhookError, match="model, when given"):
+        parse_body(b'{"path": "d", "rev": "a", "model": 3}')
