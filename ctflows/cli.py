@@ -164,17 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return fail(args, 130, "interrupted")
     except Exception as exc:
-        return fail(args, classify(exc), f"{type(exc).__name__}: {exc}")
+        from tasks.services import redact
+
+        return fail(args, classify(exc), redact(f"{type(exc).__name__}: {exc}"))
 
 
 def classify(exc: BaseException) -> int:
     """Exit code of an unexpected error: services that did not answer are 3, else 1."""
     from tasks.deploy import DeployError, RolloutFailed
+    from tasks.services import ServiceUnavailable
     from tasks.train import TrackingError
 
     if isinstance(exc, RolloutFailed):
         return EXIT_FAILED
-    if isinstance(exc, TrackingError | DeployError | ConnectionError | TimeoutError):
+    unavailable = ServiceUnavailable | TrackingError | DeployError | ConnectionError | TimeoutError
+    if isinstance(exc, unavailable):
         return EXIT_UNAVAILABLE
     name = type(exc).__name__
     if "Connect" in name or "Timeout" in name:

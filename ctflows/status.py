@@ -9,8 +9,10 @@ Every source is read on its own: one that does not answer is reported, the other
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ctflows.catalog import Model, deployment_name
@@ -36,16 +38,30 @@ class Status:
         return asdict(self)
 
 
+class _NoStore(Exception):
+    pass
+
+
 def use_tracking(params: Params) -> str:
     """Point MLflow's fluent API at the model's store (read-only: nothing is created)."""
     import mlflow
 
+    from tasks.services import bound_mlflow
     from tasks.train import tracking_uri
 
+    bound_mlflow(params.timeouts)  # a team server that does not answer fails in seconds
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
     return uri
+
+
+def store_exists(uri: str) -> bool:
+    """False for an embedded SQLite store no run has created yet (reading would create it)."""
+    if not uri.startswith("sqlite:///"):
+        return True
+    return Path(uri.removeprefix("sqlite:///")).exists()
 
 
 def _why(exc: BaseException) -> str:
@@ -208,15 +224,19 @@ def gather(model: Model, limit: int = 5) -> Status:
     """The model's state; a source that fails is named in ``unavailable``."""
     params = model.params()
     status = Status(model.name, params.registry.model_name, str(model.params_file))
-    use_tracking(params)
+    uri = use_tracking(params)
     decisions: list[Decision] = []
     try:
+        if not store_exists(uri):
+            raise _NoStore
         decisions = read_decisions(params, limit=max(limit, 20))
         status.decisions = [asdict(d) for d in decisions[:limit]]
         status.champion = champion_facts(params, decisions)
         status.journal = journal_facts(params)
         freeze = read_freeze(params)
         status.frozen = asdict(freeze) if freeze else None
+    except _NoStore:
+        pass  # nothing trained yet: no champion, no decisions
     except Exception as exc:
         status.unavailable["mlflow"] = _why(exc)
     try:
@@ -224,8 +244,11 @@ def gather(model: Model, limit: int = 5) -> Status:
     except Exception as exc:
         status.unavailable["kubernetes"] = _why(exc)
     if os.environ.get("PREFECT_API_URL") or _prefect_configured():
+        from tasks.services import prefect_deadline
+
         try:
-            status.next_run = next_run_facts(model)
+            with prefect_deadline(params.timeouts):
+                status.next_run = next_run_facts(model)
         except Exception as exc:
             status.unavailable["prefect"] = _why(exc)
     else:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from deployments.definitions import DeploymentSpec, deployment_specs, prefect_yaml
+from deployments.definitions import DeploymentSpec, prefect_yaml, project_specs
 from tasks.config import Params, WorkPoolParams, load_params
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ HEADER = (
     "#   prefect work-pool create {pool} --type kubernetes \\\n"
     "#     --base-job-template deployments/k8s/base-job-template.json\n"
     "#   prefect deploy --all --prefect-file deployments/prefect-kubernetes.yaml\n"
-    "#   kubectl apply -f deployments/k8s/rbac.yaml -f deployments/k8s/worker.yaml\n"
+    "#   kubectl apply -f deployments/k8s/rbac.yaml -f deployments/flow/worker.yaml\n"
 )
 
 
@@ -118,7 +118,7 @@ def render_job(work_pool_name: str, flow_run_id: UUID) -> dict[str, Any]:
 def render_files(params_path: str = "params.yaml") -> dict[Path, str]:
     """The generated files' contents, keyed by path: written by ``main``, compared by tests."""
     params = load_params(params_path)
-    specs = deployment_specs(params, "params.yaml")
+    specs = project_specs(params_path, relative=True)  # every model of the project
     template = json.dumps(base_job_template(params), indent=2, sort_keys=True) + "\n"
     project = yaml.safe_dump(kubernetes_prefect_yaml(specs, params), sort_keys=False, width=100)
     return {

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
 from tasks.config import Params, load_params
-from tasks.data import pull_data, resolve_data
+from tasks.data import lineage_tags, pull_data, resolve_data
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate
+from tasks.image import build_model_image
 from tasks.ledger import check_freeze
-from tasks.notify import Kind, RunOutcome, notify
+from tasks.notify import Kind, RunOutcome, flow_run_link, notify
 from tasks.promote import (
+    find_decision,
     finish_promotion,
     get_champion,
     promote_model,
     recover_interrupted,
+    register_candidate,
     restore_champion,
 )
+from tasks.services import call_with_deadline, failure_text, outage_of, prefect_deadline
 from tasks.train import (
     code_version,
     complete_run,
     hold_training_lock,
-    lookup_previous_run,
     prepare_tracking,
     train_candidate,
 )
@@ -53,7 +55,7 @@ def continuous_training(
         params_file: the params.yaml to use.
     """
     params = load_params(params_file)
-    with hold_training_lock(params):
+    with prefect_deadline(params.timeouts), hold_training_lock(params):
         return _continuous_training(params, rev, path, repo, md5, dry_run, force)
 
 
@@ -67,7 +69,7 @@ def _continuous_training(
     force: bool,
 ) -> RunOutcome:
     logger = get_run_logger()
-    outcome = RunOutcome("failed", params.registry.model_name, flow_run=flow_run.ui_url)
+    outcome = RunOutcome("failed", params.registry.model_name, flow_run=flow_run_link())
     step = "setup"
     try:
         experiment_id = prepare_tracking(params)
@@ -81,21 +83,24 @@ def _continuous_training(
                 params,
             )
         step = "pull"
-        version = resolve_data(
-            repo or params.data.repo, path or params.data.path, rev or params.data.rev, md5
+        data_repo = repo or params.data.repo
+        version = call_with_deadline(
+            lambda: resolve_data(
+                data_repo, path or params.data.path, rev or params.data.rev, md5, params.data
+            ),
+            params.timeouts.dvc,
+            "DVC (git)",
+            data_repo,
         )
         outcome = RunOutcome(
             outcome.kind, outcome.model_name, version.md5, flow_run=outcome.flow_run
         )
         lineage = {
-            "ct.data_md5": version.md5,
+            **lineage_tags(version),
             "ct.git_commit": code_version(),
             "ct.params_hash": params.params_hash(),
-            "ct.data_repo": version.repo,
-            "ct.data_path": version.path,
-            "ct.data_rev": version.rev,
         }
-        previous = None if dry_run or force else lookup_previous_run(experiment_id, lineage)
+        previous = None if dry_run or force else find_decision(experiment_id, lineage, params)
         if previous is not None:
             logger.info(
                 "skipping: run %s already decided %s on this data, params and code",
@@ -112,7 +117,10 @@ def _continuous_training(
             )
             notify(skipped, params)
             return skipped
-        version = pull_data(version)
+        pulled = version
+        version = call_with_deadline(
+            lambda: pull_data(pulled, params), params.timeouts.dvc, "DVC remote", pulled.repo
+        )
         step = "validate"
         validate_data(version, params)
         templates = {}
@@ -142,7 +150,7 @@ def _continuous_training(
                 flow_run=outcome.flow_run,
             ).with_report(report)
             if not dry_run:
-                complete_run(trained.run_id)
+                complete_run(trained.run_id, champion.version if champion else None)
             notify(result, params)
             if kind == "rejected" and params.gates.fail_run_on_reject:
                 raise GateRejected(report)
@@ -161,7 +169,11 @@ def _continuous_training(
             ).with_report(report)
             notify(frozen, params)
             return frozen
-        promotion = promote_model(trained, params, templates)
+        step = "image"  # built, pushed and found by digest before the alias moves
+        registered = register_candidate(trained, params)
+        image = build_model_image(trained.model_uri, params.registry.model_name, registered, params)
+        step = "promote"
+        promotion = promote_model(trained, params, templates, registered)
         step = "deploy"
         try:
             deployed = deploy_model(promotion.identity, params)
@@ -169,7 +181,7 @@ def _continuous_training(
             restore_champion(promotion, f"{type(exc).__name__}: {exc}", params)
             raise
         finish_promotion(promotion.model_name)
-        complete_run(trained.run_id)
+        complete_run(trained.run_id, champion.version if champion else None)
         result = RunOutcome(
             "promoted",
             outcome.model_name,
@@ -177,7 +189,7 @@ def _continuous_training(
             promotion.version,
             promotion.previous_version,
             trained.run_id,
-            deploy=deployed.summary(),
+            deploy=f"{image.summary()}; {deployed.summary()}",
             flow_run=outcome.flow_run,
         ).with_report(report)
         notify(result, params)
@@ -185,8 +197,8 @@ def _continuous_training(
     except GateRejected:
         raise
     except Exception as exc:
-        logger.error("failed at step %s (md5=%s): %s", step, outcome.data_md5 or "-", exc)
-        error = f"{type(exc).__name__}: {exc}"
+        error = failure_text(exc, params)  # names the service that failed; no credentials
+        logger.error("failed at step %s (md5=%s): %s", step, outcome.data_md5 or "-", error)
         notify(
             RunOutcome(
                 "failed",
@@ -198,6 +210,9 @@ def _continuous_training(
             ),
             params,
         )
+        outage = outage_of(exc, params)
+        if outage is not None and outage is not exc:
+            raise outage from exc
         raise
 
 

@@ -24,7 +24,7 @@ def drift_monitor(
     """Compare data at ``rev`` with the champion's training rows; drift starts a retraining.
 
     Beyond the thresholds in ``params.drift``, emits the drift event that the
-    `continuous-training/on-new-data` deployment is triggered by, with this data's path,
+    `continuous-training/<model>-on-new-data` deployment is triggered by, with this data's path,
     revision and md5; the per-feature report goes to Slack and to a Prefect table artifact.
     """
     logger = get_run_logger()
@@ -37,7 +37,7 @@ def drift_monitor(
     current = resolve_data(
         repo or params.data.repo, path or params.data.path, rev or params.data.rev
     )
-    current, reference = pull_data(current), pull_data(reference)
+    current, reference = pull_data(current, params), pull_data(reference, params)
     training_rows, _ = split_holdout(read_version(reference), params.data)
     report = measure_drift(training_rows, read_version(current), params.data, params.drift)
     retrain = should_retrain(report, params.drift)

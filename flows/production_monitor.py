@@ -29,7 +29,7 @@ def production_monitor(
     Input drift against the champion's training rows, score drift against its holdout scores,
     and its live metric on labelled predictions against its holdout metric; past the
     thresholds in ``params.monitor`` (and ``params.drift`` for features), emits the event that
-    starts `continuous-training/on-new-data`, with the reasons. The report goes to a Prefect
+    starts `continuous-training/<model>-on-new-data`, with the reasons. The report goes to a Prefect
     artifact, an MLflow run (with plots) and Slack.
     """
     logger = get_run_logger()

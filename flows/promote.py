@@ -8,13 +8,13 @@ that was frozen out. Refused for a version never validated, and while promotions
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
 from tasks.config import load_params
 from tasks.deploy import check_deployment, deploy_model
 from tasks.ledger import check_promotable
-from tasks.notify import RunOutcome, notify
+from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import begin_rollback, plan_rollback, recover_interrupted, switch_alias
+from tasks.services import failure_text, prefect_deadline
 from tasks.train import hold_training_lock, prepare_tracking
 
 
@@ -32,7 +32,7 @@ def promote(
     """
     params = load_params(params_file)
     name = params.registry.model_name
-    with hold_training_lock(params):
+    with prefect_deadline(params.timeouts), hold_training_lock(params):
         prepare_tracking(params)
         recover_interrupted(params)
         plan = None
@@ -43,15 +43,19 @@ def promote(
             deployed = deploy_model(plan.target, params)  # reverts the cluster if it fails
             switch_alias(params, plan)
         except Exception as exc:
+            error = failure_text(exc, params)
             if plan is not None:  # the cluster back as journaled; the alias never moved
-                recover_interrupted(params)
+                try:
+                    recover_interrupted(params)
+                except Exception as incomplete:  # the journal stays open; say so as well
+                    error += f"\n{failure_text(incomplete, params)}"
             notify(
                 RunOutcome(
                     "failed",
                     name,
                     step="promote",
-                    error=f"{type(exc).__name__}: {exc}",
-                    flow_run=flow_run.ui_url,
+                    error=error,
+                    flow_run=flow_run_link(),
                     actor=actor or None,
                 ),
                 params,
@@ -68,7 +72,7 @@ def promote(
         plan.current,
         plan.target.run_id,
         deploy=deployed.summary(),
-        flow_run=flow_run.ui_url,
+        flow_run=flow_run_link(),
         error=reason,
         actor=actor or None,
     )

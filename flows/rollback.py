@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
 from tasks.config import load_params
 from tasks.deploy import check_deployment, deploy_model
-from tasks.notify import RunOutcome, notify
+from tasks.image import check_image
+from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import (
     begin_rollback,
     plan_rollback,
     recover_interrupted,
     switch_alias,
 )
+from tasks.services import failure_text, prefect_deadline
 from tasks.train import hold_training_lock, prepare_tracking
 
 
@@ -34,25 +35,30 @@ def rollback(
     logger = get_run_logger()
     params = load_params(params_file)
     name = params.registry.model_name
-    with hold_training_lock(params):
+    with prefect_deadline(params.timeouts), hold_training_lock(params):
         prepare_tracking(params)
         recover_interrupted(params)
         plan = None
         try:
             plan = plan_rollback(params, version)
+            check_image(plan.target.image, params)  # the recorded digest, before any change
             begin_rollback(params, plan, check_deployment(params))
             deployed = deploy_model(plan.target, params)  # reverts the cluster if it fails
             switch_alias(params, plan)
         except Exception as exc:
+            error = failure_text(exc, params)
             if plan is not None:  # the cluster back as journaled; the alias never moved
-                recover_interrupted(params)
+                try:
+                    recover_interrupted(params)
+                except Exception as incomplete:  # the journal stays open; say so as well
+                    error += f"\n{failure_text(incomplete, params)}"
             notify(
                 RunOutcome(
                     "failed",
                     name,
                     step="rollback",
-                    error=f"{type(exc).__name__}: {exc}",
-                    flow_run=flow_run.ui_url,
+                    error=error,
+                    flow_run=flow_run_link(),
                 ),
                 params,
             )
@@ -66,7 +72,7 @@ def rollback(
         plan.current,
         plan.target.run_id,
         deploy=deployed.summary(),
-        flow_run=flow_run.ui_url,
+        flow_run=flow_run_link(),
         error=reason or None,
         actor=actor or None,
     )

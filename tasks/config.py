@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MetricName = Literal["roc_auc", "pr_auc", "f1", "accuracy", "log_loss", "brier"]
-IMAGE_TEMPLATE_FIELDS = frozenset({"model_name", "version", "run_id", "data_md5"})
 
 
 class ConfigError(ValueError):
@@ -25,8 +24,61 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$")
+_BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9\-]*$")
+TRACKING_SCHEMES = frozenset(
+    {"http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "uc"}
+)
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+def _block_name(value: str | None) -> str | None:
+    if value is not None and not _BLOCK_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a Prefect block name (lowercase letters, digits and dashes)"
+        )
+    return value
+
+
+def _event_name(value: str) -> str:
+    if not _EVENT_NAME.match(value):
+        raise ValueError(f"expected a dotted event name like 'ctflows.data.landed', got {value!r}")
+    return value
+
+
+def project_root(environ: dict[str, str] | None = None) -> Path:
+    """Where a relative ``project.state_dir`` lives: ``$CTFLOWS_HOME``, else this checkout."""
+    env = os.environ if environ is None else environ
+    home = env.get("CTFLOWS_HOME")
+    return Path(home).resolve() if home else Path(__file__).resolve().parents[1]
+
+
 class ProjectParams(_Section):
     state_dir: Path = Path(".ctflows")
+
+
+class TrainingWindow(_Section):
+    """The data versions one training run reads: by default the newest alone.
+
+    ``versions``: the last K distinct data versions of ``data.path`` up to ``data.rev``;
+    ``days``: the versions committed within D days before ``data.rev``'s commit. Both set: the
+    last K versions, none older than D days. Each version is read through DVC at its own commit.
+    """
+
+    versions: int | None = Field(None, ge=1, le=100)
+    days: float | None = Field(None, gt=0)
+
+    @property
+    def newest_only(self) -> bool:
+        return self.versions in (None, 1) and self.days is None
 
 
 class DataParams(_Section):
@@ -34,17 +86,32 @@ class DataParams(_Section):
     path: str = "data/batch.parquet"
     rev: str = "HEAD"
     label: str
-    id_column: str
-    timestamp_column: str
-    sensitive_column: str
+    id_column: str | None = None  # null: the holdout is split on a hash of the whole row
+    timestamp_column: str | None = None  # null: no column is kept out of the features as time
+    sensitive_column: str | None = None  # null: no fairness gates (said in the gate report)
     numeric_features: list[str] = Field(min_length=0)
     categorical_features: list[str] = Field(min_length=0)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 7
+    window: TrainingWindow = TrainingWindow()
 
     @property
     def features(self) -> list[str]:
         return [*self.numeric_features, *self.categorical_features]
+
+    def configured_columns(self) -> dict[str, str]:
+        """Every column params name, keyed by the params key that names it."""
+        named = {
+            "data.label": self.label,
+            "data.id_column": self.id_column,
+            "data.timestamp_column": self.timestamp_column,
+            "data.sensitive_column": self.sensitive_column,
+        }
+        columns = {key: column for key, column in named.items() if column is not None}
+        for key in ("numeric_features", "categorical_features"):
+            for i, column in enumerate(getattr(self, key)):
+                columns[f"data.{key}[{i}]"] = column
+        return columns
 
     @model_validator(mode="after")
     def _features_disjoint(self) -> DataParams:
@@ -53,9 +120,12 @@ class DataParams(_Section):
         both = set(self.numeric_features) & set(self.categorical_features)
         if both:
             raise ValueError(f"features listed as numeric and categorical: {sorted(both)}")
-        reserved = {self.label, self.id_column, self.timestamp_column} & set(self.features)
+        roles = [self.label, self.id_column, self.timestamp_column, self.sensitive_column]
+        reserved = {c for c in roles if c is not None} & set(self.features)
         if reserved:
-            raise ValueError(f"label, id or timestamp column used as a feature: {sorted(reserved)}")
+            raise ValueError(
+                f"label, id, timestamp or sensitive column used as a feature: {sorted(reserved)}"
+            )
         return self
 
 
@@ -116,7 +186,8 @@ class SizePolicy(_Section):
 
 class FairnessPolicy(_Section):
     enabled: bool = True
-    sensitive_column: str = "gender"
+    # filled from data.sensitive_column when params load (one source); None: no fairness gates
+    sensitive_column: str | None = None
     slice_columns: list[str] = Field(default_factory=list)
     min_slice_rows: int = Field(50, ge=1)
     max_slice_gap: float | None = Field(0.15, ge=0)
@@ -152,13 +223,48 @@ class GateParams(_Section):
 
 
 class RegistryParams(_Section):
-    model_name: str = "churn-classifier"
+    model_name: str = Field("churn-classifier", min_length=1)
     alias: str = "champion"
+
+    @field_validator("alias")
+    @classmethod
+    def _mlflow_alias(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_\-]+$", value) or value.lower() == "latest":
+            raise ValueError(
+                f"{value!r} is not an MLflow alias (letters, digits, _ and -; not 'latest')"
+            )
+        if re.match(r"^[vV]\d+$", value):
+            raise ValueError(f"{value!r} looks like a version (v<number>); MLflow refuses it")
+        return value
 
 
 class MlflowParams(_Section):
     tracking_uri: str | None = None
-    experiment: str = "continuous-training"
+    experiment: str = Field("continuous-training", min_length=1)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _known_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        from tasks.services import redact
+
+        parts = urlsplit(value)
+        scheme = parts.scheme.split("+")[0]
+        if scheme not in TRACKING_SCHEMES:
+            raise ValueError(
+                f"{redact(value)!r} is not a tracking URI: expected one of "
+                f"{sorted(TRACKING_SCHEMES)}:// (null: SQLite in project.state_dir)"
+            )
+        if scheme in {"http", "https"} and not parts.hostname:
+            raise ValueError(f"{redact(value)!r} names no host")
+        try:
+            parts.port  # noqa: B018 (raises on a malformed port)
+        except ValueError as exc:
+            raise ValueError(f"{redact(value)!r} has an invalid port") from exc
+        return value
 
 
 class CanaryParams(_Section):
@@ -176,28 +282,122 @@ class DeployParams(_Section):
     namespace: str = "default"
     deployment: str
     container: str
-    image_template: str
+    image_template: str | None = None  # replaced by image.repository/image.tag (by digest)
     kubeconfig: Path | None = None
     context: str | None = None
 
+    @field_validator("namespace", "container")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError(f"{value!r} is not a Kubernetes name (RFC 1123 label)")
+        return value
+
+    @field_validator("deployment")
+    @classmethod
+    def _dns_subdomain(cls, value: str) -> str:
+        if not _DNS_SUBDOMAIN.match(value):
+            raise ValueError(f"{value!r} is not a Kubernetes name (RFC 1123 subdomain)")
+        return value
+
+    @model_validator(mode="after")
+    def _canary_name(self) -> DeployParams:
+        name = f"{self.deployment}{self.canary.suffix}"
+        if self.strategy == "canary" and not _DNS_SUBDOMAIN.match(name):
+            raise ValueError(f"canary Deployment name {name!r} is not a Kubernetes name")
+        return self
+
     @field_validator("image_template")
     @classmethod
-    def _known_fields(cls, value: str) -> str:
+    def _replaced(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "images are now built by ctflows and deployed by digest: remove "
+                "deploy.image_template and set image.repository (and image.tag) instead"
+            )
+        return value
+
+
+IMAGE_TAG_FIELDS = frozenset({"model_name", "version", "run_id", "data_md5"})
+_PINNED = r"^[^/\s]+\.?[^/\s]*/[^@\s]+@sha256:[0-9a-f]{64}$"
+
+
+class ImageParams(_Section):
+    """The model image built per promoted version (stage `image`)."""
+
+    repository: str | None = None  # registry/path to push to; None: OCI layout in state_dir only
+    base: str | None = None  # serving base image, pinned by digest; None: model-only (modelcar)
+    platform: str = "linux/amd64"  # picked from a multi-architecture base
+    tag: str = "{model_name}-v{version}"
+    model_path: str = "/models"  # where the MLflow model directory lands in the image
+    source: str | None = None  # org.opencontainers.image.source
+    auth_backend: Literal["token", "basic"] = "token"
+    username_env: str = "CTFLOWS_REGISTRY_USERNAME"
+    password_env: str = "CTFLOWS_REGISTRY_PASSWORD"
+    timeout_seconds: float = Field(30.0, gt=0)
+    retries: int = Field(2, ge=0)
+
+    @field_validator("base")
+    @classmethod
+    def _pinned(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.match(_PINNED, value):
+            raise ValueError(
+                f"{value!r} is not pinned by digest: expected host/path@sha256:<64 hex> "
+                "(a tag can move; look the digest up with `skopeo inspect docker://<ref>`)"
+            )
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _bare_repository(cls, value: str | None) -> str | None:
+        if value is not None and ("@" in value or ":" in value.rsplit("/", 1)[-1]):
+            raise ValueError(
+                f"{value!r}: give the repository without tag or digest (the tag is image.tag)"
+            )
+        if value is not None and "/" not in value:
+            raise ValueError(f"{value!r}: expected host[:port]/path, e.g. ghcr.io/team/churn-model")
+        return value
+
+    @field_validator("platform")
+    @classmethod
+    def _os_arch(cls, value: str) -> str:
+        if value.count("/") not in (1, 2):
+            raise ValueError(f"expected os/arch[/variant] like linux/amd64, got {value!r}")
+        return value
+
+    @field_validator("model_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or value.rstrip("/") == "":
+            raise ValueError(f"expected an absolute directory like /models, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("tag")
+    @classmethod
+    def _tag_fields(cls, value: str) -> str:
         fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        unknown = fields - IMAGE_TEMPLATE_FIELDS
+        unknown = fields - IMAGE_TAG_FIELDS
         if unknown:
             raise ValueError(
-                f"unknown field(s) {sorted(unknown)}; allowed: {sorted(IMAGE_TEMPLATE_FIELDS)}"
+                f"unknown field(s) {sorted(unknown)}; allowed: {sorted(IMAGE_TAG_FIELDS)}"
             )
         if "version" not in fields:
-            raise ValueError("the template must contain {version} so each model gets its own image")
+            raise ValueError("the tag must contain {version} so each model gets its own tag")
+        sample = value.format(model_name="m", version="1", run_id="r", data_md5="d")
+        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", sample):
+            raise ValueError(f"{value!r} does not render to an image tag ([A-Za-z0-9_.-])")
         return value
 
 
 class NotifyParams(_Section):
     webhook_env: str = "CTFLOWS_SLACK_WEBHOOK_URL"
     secret_block: str | None = "ctflows-slack-webhook"
-    retries: int = Field(2, ge=0)
+    retries: int = Field(2, ge=0, le=10)
+
+    _env = field_validator("webhook_env")(classmethod(lambda cls, v: _env_name(v)))
+    _block = field_validator("secret_block")(classmethod(lambda cls, v: _block_name(v)))
 
 
 class ScheduleParams(_Section):
@@ -209,6 +409,12 @@ class ScheduleParams(_Section):
     def _five_fields(cls, value: str) -> str:
         if len(value.split()) != 5:
             raise ValueError(f"expected a 5-field cron expression, got {value!r}")
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:  # the parser the served process uses: a bad field fails here, not at 3 a.m.
+            CronSchedule(cron=value)
+        except ValueError as exc:
+            raise ValueError(f"invalid cron expression {value!r}") from exc
         return value
 
     @field_validator("timezone")
@@ -228,6 +434,11 @@ class WebhookParams(_Section):
     secret_block: str | None = "ctflows-webhook-secret"
     tolerance_seconds: int = Field(300, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1)
+    request_timeout_seconds: float = Field(10.0, gt=0)  # whole request: headers, body, answer
+    max_in_flight: int = Field(64, ge=1)  # connections served at once; more get 503
+
+    _env = field_validator("secret_env")(classmethod(lambda cls, v: _env_name(v)))
+    _block = field_validator("secret_block")(classmethod(lambda cls, v: _block_name(v)))
 
 
 class TriggerParams(_Section):
@@ -237,16 +448,75 @@ class TriggerParams(_Section):
     event: str = "ctflows.data.landed"
     webhook: WebhookParams = WebhookParams()
     poll_seconds: int = Field(1, ge=1)  # how often `make serve` looks for scheduled runs
+    repair_seconds: int = Field(60, ge=5)  # how often flow `repair` looks for a killed deploy
+
+    _event = field_validator("event")(classmethod(lambda cls, v: _event_name(v)))
 
 
 class DriftParams(_Section):
     schedule: ScheduleParams = ScheduleParams(cron="0 6 * * *")
-    ks_pvalue: float = Field(0.001, gt=0, lt=1)
+    ks_pvalue: float = Field(0.001, gt=0, lt=1)  # after the multiple-testing correction
     chi2_pvalue: float = Field(0.001, gt=0, lt=1)
+    # over all features tested at once: holm (family-wise), bonferroni, bh (false discovery rate)
+    correction: Literal["holm", "bonferroni", "bh", "none"] = "holm"
+    min_ks_statistic: float = Field(0.05, ge=0, le=1)  # effect floor: KS distance D
+    min_cramers_v: float = Field(0.05, ge=0, le=1)  # effect floor: categorical shift
     psi_threshold: float = Field(0.2, gt=0)
     max_null_increase: float = Field(0.05, ge=0, le=1)
     min_drifted_features: int = Field(1, ge=1)
     event: str = "ctflows.drift.detected"
+
+    _event = field_validator("event")(classmethod(lambda cls, v: _event_name(v)))
+
+
+class TimeoutsParams(_Section):
+    """Deadline of every call to an external service, in seconds (see tasks/services.py)."""
+
+    mlflow: float = Field(10.0, gt=0, le=600)  # one HTTP request to the tracking server
+    mlflow_retries: int = Field(2, ge=0, le=10)  # MLflow's own default retries for minutes
+    dvc: float = Field(600.0, gt=0)  # resolving and fetching one data version
+    kubernetes: float = Field(10.0, gt=0, le=600)  # one Kubernetes API request
+    prefect: float = Field(10.0, gt=0, le=600)  # one Prefect API request
+    slack: float = Field(10.0, gt=0, le=600)  # one Slack post
+
+
+class ResourceParams(_Section):
+    """Kubernetes resource quantities for one flow-run Job (``500m``, ``2``, ``4Gi``)."""
+
+    cpu_request: str | None = "1"
+    cpu_limit: str | None = "2"
+    memory_request: str | None = "2Gi"
+    memory_limit: str | None = "4Gi"
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+(\.\d+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?", value):
+            raise ValueError(
+                f"expected a Kubernetes quantity like '500m', '2' or '4Gi', got {value!r}"
+            )
+        return value
+
+
+class WorkPoolParams(_Section):
+    """Where deployments run: `process` (`make serve`, a process worker) or Kubernetes Jobs."""
+
+    name: str = "ctflows-kubernetes"
+    image: str = "registry.example.com/ctflows-flow@sha256:" + "0" * 64
+    namespace: str = "ctflows"
+    service_account: str = "ctflows-deployer"
+    secrets: list[str] = Field(default_factory=lambda: ["ctflows-secrets"])
+    resources: ResourceParams = ResourceParams()
+    finished_job_ttl_seconds: int | None = Field(3600, ge=0)
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if "@sha256:" not in value:
+            raise ValueError(
+                f"expected an image pinned by digest (repository@sha256:<64 hex>), got {value!r}"
+            )
+        return value
 
 
 class LabelSourceParams(_Section):
@@ -292,45 +562,6 @@ class MonitorParams(_Section):
     shadow: ShadowParams = ShadowParams()
 
 
-class ResourceParams(_Section):
-    """Kubernetes resource quantities for one flow-run Job (``500m``, ``2``, ``4Gi``)."""
-
-    cpu_request: str | None = "1"
-    cpu_limit: str | None = "2"
-    memory_request: str | None = "2Gi"
-    memory_limit: str | None = "4Gi"
-
-    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit")
-    @classmethod
-    def _quantity(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"\d+(\.\d+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?", value):
-            raise ValueError(
-                f"expected a Kubernetes quantity like '500m', '2' or '4Gi', got {value!r}"
-            )
-        return value
-
-
-class WorkPoolParams(_Section):
-    """Where deployments run: `process` (`make serve`, a process worker) or Kubernetes Jobs."""
-
-    name: str = "ctflows-kubernetes"
-    image: str = "registry.example.com/ctflows-flow@sha256:" + "0" * 64
-    namespace: str = "ctflows"
-    service_account: str = "ctflows-deployer"
-    secrets: list[str] = Field(default_factory=lambda: ["ctflows-secrets"])
-    resources: ResourceParams = ResourceParams()
-    finished_job_ttl_seconds: int | None = Field(3600, ge=0)
-
-    @field_validator("image")
-    @classmethod
-    def _pinned(cls, value: str) -> str:
-        if "@sha256:" not in value:
-            raise ValueError(
-                f"expected an image pinned by digest (repository@sha256:<64 hex>), got {value!r}"
-            )
-        return value
-
-
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     data: DataParams
@@ -341,13 +572,35 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     mlflow: MlflowParams = MlflowParams()
     deploy: DeployParams
+    image: ImageParams = ImageParams()
     notify: NotifyParams = NotifyParams()
     triggers: TriggerParams = TriggerParams()
     drift: DriftParams = DriftParams()
-    monitor: MonitorParams = MonitorParams()
     workpool: WorkPoolParams = WorkPoolParams()
+    monitor: MonitorParams = MonitorParams()
+    timeouts: TimeoutsParams = TimeoutsParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_sensitive_column(cls, raw: Any) -> Any:
+        """``data.sensitive_column`` is the one source; the fairness gates read it from there."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+            return raw
+        gates = raw.get("gates") or {}
+        if not isinstance(gates, dict):
+            return raw
+        fairness = gates.get("fairness") or {}
+        if not isinstance(fairness, dict):
+            return raw
+        if "sensitive_column" in fairness:
+            raise ValueError(
+                "gates.fairness.sensitive_column is no longer read: set data.sensitive_column "
+                "(one source for the column kept out of the features and used by fairness gates)"
+            )
+        sensitive = raw["data"].get("sensitive_column")
+        return {**raw, "gates": {**gates, "fairness": {**fairness, "sensitive_column": sensitive}}}
 
     @property
     def state_dir(self) -> Path:
@@ -459,8 +712,16 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
 
 
 def _resolve_paths(params: Params, root: Path) -> Params:
+    """Paths in the file are relative to its folder, except ``project.state_dir``: relative to
+    the project root (:func:`project_root`), so every params file of one checkout shares one
+    MLflow store, Prefect home and outbox instead of creating a second one next to itself."""
+
     def resolve(p: Path) -> Path:
         return p if p.is_absolute() else root / p
+
+    state_dir = params.project.state_dir
+    if not state_dir.is_absolute():
+        state_dir = project_root() / state_dir
 
     repo = params.data.repo
     if "://" not in repo and not Path(repo).is_absolute():
@@ -468,9 +729,7 @@ def _resolve_paths(params: Params, root: Path) -> Params:
     kubeconfig = params.deploy.kubeconfig
     return params.model_copy(
         update={
-            "project": params.project.model_copy(
-                update={"state_dir": resolve(params.project.state_dir)}
-            ),
+            "project": params.project.model_copy(update={"state_dir": state_dir}),
             "data": params.data.model_copy(update={"repo": repo}),
             "validate_": params.validate_.model_copy(
                 update={"suite": resolve(params.validate_.suite)}

@@ -51,21 +51,32 @@ class RolloutFailed(DeployError):
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What a serving image holds: rendered into the image tag and the pod annotations."""
+    """What a model image holds, and the image: written into the pod template's annotations.
+
+    ``image`` is ``repository@sha256:<digest>`` (or ``oci:<layout>@sha256:...`` when built
+    locally, for the dry-run record); the Deployment never gets a mutable tag.
+    """
 
     model_name: str
     version: str
     run_id: str
     data_md5: str
+    image: str = ""
+    image_digest: str = ""
+    image_kind: str = ""
 
     def annotations(self) -> dict[str, str]:
-        return dict(
+        notes = dict(
             zip(
                 IDENTITY_KEYS,
                 (self.model_name, self.version, self.run_id, self.data_md5),
                 strict=True,
             )
         )
+        if self.image_digest:
+            notes[f"{ANNOTATION_PREFIX}image-digest"] = self.image_digest
+            notes[f"{ANNOTATION_PREFIX}image-kind"] = self.image_kind
+        return notes
 
 
 @dataclass(frozen=True)
@@ -100,16 +111,23 @@ class DeployResult:
         if self.deployed:
             via = f" after canary {self.canary}" if self.canary else ""
             return f"{where} now runs {self.image} (was {self.previous_image}){via}"
-        return f"dry run, nothing deployed: would set {where} to {self.image}"
+        local = " (built locally, not pushed)" if self.image.startswith("oci:") else ""
+        return f"dry run, nothing deployed: would set {where} to {self.image}{local}"
 
 
-def render_image(template: str, identity: ModelIdentity) -> str:
-    return template.format(
-        model_name=identity.model_name,
-        version=identity.version,
-        run_id=identity.run_id,
-        data_md5=identity.data_md5[:12],
-    )
+def image_reference(identity: ModelIdentity, mode: Mode) -> str:
+    """The by-digest reference to deploy; DeployError when there is none a cluster can pull."""
+    if not identity.image or "@sha256:" not in identity.image:
+        raise DeployError(
+            f"{identity.model_name} v{identity.version} has no image built by digest (MLflow "
+            "version tag ct.image); rebuild it with the continuous-training flow"
+        )
+    if mode == "cluster" and identity.image.startswith("oci:"):
+        raise DeployError(
+            f"{identity.model_name} v{identity.version}'s image was built locally, not pushed "
+            f"({identity.image}); a cluster cannot pull it: set image.repository"
+        )
+    return identity.image
 
 
 def template_patch(
@@ -157,22 +175,50 @@ def rollout_status(dep: dict[str, Any]) -> tuple[bool, str | None, str]:
 
 
 def resolve_mode(deploy: DeployParams, environ: dict[str, str] | None = None) -> Mode:
-    """``cluster`` when a kubeconfig or in-cluster config exists (or is demanded), else dry run."""
-    env = os.environ if environ is None else environ
+    """``cluster`` only for a cluster the user named, else the explicit dry run.
+
+    ``auto`` deploys only when params name both ``deploy.kubeconfig`` and ``deploy.context``:
+    never to whatever context happens to be current in ``$KUBECONFIG`` or ``~/.kube/config``
+    (a demo or a test must not touch a cluster the user did not name). ``cluster`` is the
+    explicit choice: params' kubeconfig and context, else ``$KUBECONFIG``/``~/.kube/config``
+    or the in-cluster config.
+    """
+    del environ  # the environment no longer chooses a cluster; kept for callers' signature
     if deploy.target != "auto":
         return deploy.target
-    if deploy.kubeconfig or env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST"):
-        return "cluster"
-    return "cluster" if (Path.home() / ".kube" / "config").exists() else "dry-run"
+    return "cluster" if deploy.kubeconfig and deploy.context else "dry-run"
+
+
+def dry_run_reason(deploy: DeployParams) -> str:
+    """Why a run does not deploy, for the log and the Slack message."""
+    if deploy.target == "dry-run":
+        return "deploy.target is dry-run"
+    return (
+        "deploy.target is auto and params do not name a cluster (deploy.kubeconfig and "
+        "deploy.context); set both, or deploy.target: cluster"
+    )
 
 
 class Cluster:
     """The Deployments of one namespace through the kubernetes client, with retries."""
 
-    def __init__(self, deploy: DeployParams, api: Any | None = None) -> None:
+    def __init__(
+        self, deploy: DeployParams, api: Any | None = None, request_timeout: float = 10.0
+    ) -> None:
         self.deploy = deploy
         self.api = api if api is not None else apps_api(deploy)
         self.sleep: Callable[[float], None] = time.sleep
+        self.request_timeout = request_timeout  # seconds per API request (timeouts.kubernetes)
+
+    @property
+    def address(self) -> str:
+        """The API server this client talks to (credentials redacted)."""
+        from tasks.services import redact
+
+        host = getattr(
+            getattr(getattr(self.api, "api_client", None), "configuration", None), "host", ""
+        )
+        return redact(str(host or "?"))
 
     def _call(self, action: str, name: str, fn: Callable[[], T]) -> T:
         from kubernetes.client.exceptions import ApiException
@@ -209,11 +255,23 @@ class Cluster:
                 f"Kubernetes API answered {status} {getattr(exc, 'reason', '')} on {action} "
                 f"{where} (after {self.deploy.api_retries} retries if transient)"
             )
-        return DeployError(f"Kubernetes API unreachable on {action} {where}: {exc}")
+        from tasks.services import redact
+
+        return DeployError(
+            f"Kubernetes API at {self.address} unreachable on {action} {where} "
+            f"(deadline {self.request_timeout:g}s per request, {self.deploy.api_retries} "
+            f"retries; timeouts.kubernetes): {redact(str(exc))}"
+        )
 
     def read(self, name: str) -> dict[str, Any]:
         ns = self.deploy.namespace
-        obj = self._call("read", name, lambda: self.api.read_namespaced_deployment(name, ns))
+        obj = self._call(
+            "read",
+            name,
+            lambda: self.api.read_namespaced_deployment(
+                name, ns, _request_timeout=self.request_timeout
+            ),
+        )
         data: dict[str, Any] = self.api.api_client.sanitize_for_serialization(obj)
         return data
 
@@ -232,7 +290,13 @@ class Cluster:
 
     def patch(self, name: str, body: dict[str, Any]) -> None:
         ns = self.deploy.namespace
-        self._call("patch", name, lambda: self.api.patch_namespaced_deployment(name, ns, body))
+        self._call(
+            "patch",
+            name,
+            lambda: self.api.patch_namespaced_deployment(
+                name, ns, body, _request_timeout=self.request_timeout
+            ),
+        )
 
     def wait_rollout(self, name: str, timeout: float) -> str:
         """Wait until the rollout is complete; RolloutFailed on deadline or timeout."""
@@ -301,6 +365,11 @@ def apps_api(deploy: DeployParams) -> Any:
     return client.AppsV1Api(api_client)
 
 
+def open_cluster(params: Params) -> Cluster:
+    """The configured cluster, each API request bounded by ``timeouts.kubernetes``."""
+    return Cluster(params.deploy, request_timeout=params.timeouts.kubernetes)
+
+
 def targets(deploy: DeployParams) -> list[str]:
     """The Deployments a promotion changes, in order: the canary first when there is one."""
     if deploy.strategy == "canary":
@@ -352,7 +421,7 @@ def check_deployment(params: Params) -> dict[str, PodTemplate]:
     """Before promoting: the Deployments and container exist and are readable ({} in dry run)."""
     if resolve_mode(params.deploy) == "dry-run":
         return {}
-    return read_templates(Cluster(params.deploy))
+    return read_templates(open_cluster(params))
 
 
 @task(name="deploy-model", cache_policy=NONE)
@@ -360,21 +429,25 @@ def deploy_model(identity: ModelIdentity, params: Params) -> DeployResult:
     """Roll the model's image out and wait for it, or record the patch without a cluster."""
     logger = get_run_logger()
     deploy = params.deploy
-    target = PodTemplate(render_image(deploy.image_template, identity), identity.annotations())
+    mode = resolve_mode(deploy)
+    target = PodTemplate(image_reference(identity, mode), identity.annotations())
     patch = template_patch(deploy.container, target)
-    if resolve_mode(deploy) == "dry-run":
+    if mode == "dry-run":
         record = record_dry_run(
             params.state_dir,
             {
                 "namespace": deploy.namespace,
                 "deployments": targets(deploy),
                 "image": target.image,
+                "image_digest": identity.image_digest,
+                "image_kind": identity.image_kind,
+                "pushed": not target.image.startswith("oci:"),
                 "patch": patch,
             },
         )
         logger.warning(
-            "DRY RUN (no Kubernetes cluster configured): nothing deployed; the patch setting "
-            "%s/%s to %s is recorded in %s",
+            "DRY RUN (%s): nothing deployed; the patch setting %s/%s to %s is recorded in %s",
+            dry_run_reason(deploy),
             deploy.namespace,
             deploy.deployment,
             target.image,
@@ -383,7 +456,7 @@ def deploy_model(identity: ModelIdentity, params: Params) -> DeployResult:
         return DeployResult(
             "dry-run", deploy.namespace, deploy.deployment, target.image, None, patch, record
         )
-    cluster = Cluster(deploy)
+    cluster = open_cluster(params)
     replaced = ship(cluster, target)
     previous = replaced[deploy.deployment].image
     canary = next((n for n in replaced if n != deploy.deployment), None)

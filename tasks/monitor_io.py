@@ -250,7 +250,7 @@ def publish_report(
 
 @task(name="request-retraining", cache_policy=NONE)
 def request_retraining(report: MonitorReport, params: Params) -> dict[str, Any]:
-    """Emit the event that `continuous-training/on-new-data` listens for, with the reasons."""
+    """Emit the event that `continuous-training/<model>-on-new-data` listens for, with reasons."""
     from prefect.events import emit_event
 
     data = params.data

@@ -172,6 +172,40 @@ def build_message(outcome: RunOutcome) -> Message:
     return Message(text=text, blocks=blocks)
 
 
+def ui_base_url(ui_url: str | None, api_url: str | None) -> str | None:
+    """The Prefect UI's address: ``PREFECT_UI_URL``, else the server's (its API URL without
+    ``/api``), else None (an ephemeral in-process server has no UI to link to)."""
+    for candidate in (ui_url, api_url.removesuffix("/") if api_url else None):
+        if candidate and candidate.startswith(("http://", "https://")):
+            return candidate.removesuffix("/api").rstrip("/")
+    return None
+
+
+def flow_run_link() -> str | None:
+    """Link to the current flow run in the Prefect UI, or None outside a run or without a UI."""
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    run_id = flow_run.get_id()
+    base = ui_base_url(PREFECT_UI_URL.value(), PREFECT_API_URL.value())
+    if run_id is None or base is None:
+        return None
+    return f"{base}/runs/flow-run/{run_id}"
+
+
+def redact_outcome(outcome: RunOutcome) -> RunOutcome:
+    """The outcome with credentials removed from every text a message is built from."""
+    from tasks.services import redact
+
+    return replace(
+        outcome,
+        error=redact(outcome.error) if outcome.error else outcome.error,
+        deploy=redact(outcome.deploy) if outcome.deploy else outcome.deploy,
+        failed_gates=tuple(redact(g) for g in outcome.failed_gates),
+        flow_run=redact(outcome.flow_run) if outcome.flow_run else outcome.flow_run,
+    )
+
+
 def webhook_url(notify: NotifyParams, environ: dict[str, str] | None = None) -> str | None:
     """The Slack webhook from the environment, else from the Prefect Secret block, else None."""
     env = os.environ if environ is None else environ
@@ -197,7 +231,9 @@ def write_outbox(state_dir: Path, message: Message, reason: str) -> Path:
     return path
 
 
-def send_message(message: Message, url: str | None, state_dir: Path, retries: int) -> Delivery:
+def send_message(
+    message: Message, url: str | None, state_dir: Path, retries: int, timeout: float = 10.0
+) -> Delivery:
     """Post to Slack; on no webhook or a Slack outage, keep the message in the outbox instead.
 
     Never raises: a notification problem must not fail or undo what the run decided.
@@ -213,7 +249,7 @@ def send_message(message: Message, url: str | None, state_dir: Path, retries: in
 
     client = WebhookClient(
         url,
-        timeout=10,
+        timeout=max(1, round(timeout)),
         retry_handlers=[
             ConnectionErrorRetryHandler(max_retry_count=retries),
             ServerErrorRetryHandler(max_retry_count=retries),
@@ -225,21 +261,28 @@ def send_message(message: Message, url: str | None, state_dir: Path, retries: in
             return Delivery("slack", True, "posted")
         problem = f"Slack answered {response.status_code}: {response.body[:200]}"
     except Exception as exc:  # slack-sdk surfaces urllib errors of many kinds
-        problem = f"Slack unreachable: {type(exc).__name__}: {exc}"
+        from tasks.services import redact
+
+        problem = redact(f"Slack unreachable (deadline {timeout:g}s): {type(exc).__name__}: {exc}")
     path = write_outbox(state_dir, message, problem)
     return Delivery("outbox", False, f"{problem}; kept in {path}")
 
 
 @task(name="notify", cache_policy=NONE)
 def notify(outcome: RunOutcome, params: Params) -> Delivery:
+    from tasks.services import prefect_deadline, redact
+
     logger = get_run_logger()
-    message = build_message(outcome)
+    message = build_message(redact_outcome(outcome))
     try:
-        url = webhook_url(params.notify)
+        with prefect_deadline(params.timeouts):
+            url = webhook_url(params.notify)
     except Exception as exc:  # the Prefect API may be down; the message must still be kept
-        logger.warning("could not read the Slack webhook secret: %s", exc)
+        logger.warning("could not read the Slack webhook secret: %s", redact(str(exc)))
         url = None
-    delivery = send_message(message, url, params.state_dir, params.notify.retries)
+    delivery = send_message(
+        message, url, params.state_dir, params.notify.retries, params.timeouts.slack
+    )
     log_fn = logger.info if delivery.delivered else logger.warning
     log_fn("notification (%s): %s — %s", delivery.channel, message.text, delivery.detail)
     if outcome.kind in KINDS_RECORDED and not (

@@ -54,6 +54,7 @@ class PreviousRun:
     run_id: str
     decision: str
     model_version: str | None
+    champion: str | None = None  # the champion version it was compared with ("none": none)
 
 
 def training_lock(params: Params) -> str:
@@ -64,12 +65,12 @@ def training_lock(params: Params) -> str:
 
 
 @contextlib.contextmanager
-def hold_training_lock(params: Params) -> Iterator[None]:
+def hold_training_lock(params: Params, wait_seconds: float | None = None) -> Iterator[None]:
     """Hold the model's one training slot: runs of the same model never overlap.
 
-    Creates the limit (1 slot) on first use; a second run waits for the first to finish.
-    The slot is a lease renewed while the run lives: after a crash (kill -9) it frees itself
-    within ``LEASE_SECONDS``.
+    Creates the limit (1 slot) on first use; a second run waits for the first to finish
+    (at most ``wait_seconds``, then TimeoutError). The slot is a lease renewed while the run
+    lives: after a crash (kill -9) it frees itself within ``LEASE_SECONDS``.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -79,7 +80,9 @@ def hold_training_lock(params: Params) -> Iterator[None]:
     name = training_lock(params)
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS):
+    with concurrency(
+        name, occupy=1, strict=True, lease_duration=LEASE_SECONDS, timeout_seconds=wait_seconds
+    ):
         yield
 
 
@@ -173,13 +176,21 @@ def tracking_uri(params: Params) -> str:
 
 
 def setup_tracking(params: Params) -> str:
-    """Point MLflow at the store and return the experiment id, creating it on first use."""
+    """Point MLflow at the store and return the experiment id, creating it on first use.
+
+    MLflow's HTTP client is bounded first (``timeouts.mlflow``, ``timeouts.mlflow_retries``)
+    and a tracking server must answer its ``/health`` within ``timeouts.mlflow``.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from tasks.services import ServiceUnavailable, bound_mlflow, probe_mlflow, redact
+
     uri = tracking_uri(params)
+    bound_mlflow(params.timeouts)
     if uri.startswith("sqlite:///"):
         params.state_dir.mkdir(parents=True, exist_ok=True)
+    probe_mlflow(uri, params.timeouts)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
@@ -191,9 +202,13 @@ def setup_tracking(params: Params) -> str:
             location = (params.state_dir / "mlartifacts").resolve().as_uri()
         return str(mlflow.create_experiment(params.mlflow.experiment, artifact_location=location))
     except MlflowException as exc:
-        raise TrackingError(f"MLflow tracking store {uri} is not usable: {exc}") from exc
+        raise TrackingError(
+            f"MLflow tracking store {redact(uri)} is not usable: {redact(str(exc))}"
+        ) from exc
     except OSError as exc:  # connection refused, DNS, ...
-        raise TrackingError(f"MLflow tracking store {uri} did not answer: {exc}") from exc
+        raise ServiceUnavailable(
+            "MLflow tracking store", uri, f"{type(exc).__name__}: {exc}", params.timeouts.mlflow
+        ) from exc
 
 
 def find_previous_run(
@@ -222,6 +237,7 @@ def find_previous_run(
         run_id=runs[0].info.run_id,
         decision=tags.get("ct.decision", "unknown"),
         model_version=tags.get("ct.model_version"),
+        champion=tags.get("ct.champion"),
     )
 
 
@@ -291,8 +307,12 @@ def train_candidate(
 @task(name="setup-tracking", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def prepare_tracking(params: Params) -> str:
     """Connect to the MLflow store (retried: a team server may blink) and return the experiment."""
+    from tasks.services import redact
+
     experiment_id = setup_tracking(params)
-    get_run_logger().info("MLflow store %s, experiment %s", tracking_uri(params), experiment_id)
+    get_run_logger().info(
+        "MLflow store %s, experiment %s", redact(tracking_uri(params)), experiment_id
+    )
     return experiment_id
 
 
@@ -304,11 +324,14 @@ def lookup_previous_run(experiment_id: str, lineage: dict[str, str]) -> Previous
 
 
 @task(name="complete-run", cache_policy=NONE)
-def complete_run(run_id: str) -> None:
-    """Mark the MLflow run as a finished decision, so an identical rerun is skipped."""
+def complete_run(run_id: str, champion: str | None = None) -> None:
+    """Mark the MLflow run as a finished decision, so an identical rerun is skipped, with the
+    champion version it was compared with (a rejection holds only against that champion)."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient().set_tag(run_id, "ct.completed", "true")
+    client = MlflowClient()
+    client.set_tag(run_id, "ct.champion", champion or "none")
+    client.set_tag(run_id, "ct.completed", "true")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -106,10 +106,10 @@ def create_app(
 
     @app.get("/model")
     def model_info() -> dict[str, Any]:
-        keys = ("MODEL_NAME", "MODEL_VERSION", "MLFLOW_RUN_ID", "DATA_MD5")
-        return {
+        keys = ("MODEL_NAME", "MODEL_VERSION", "MLFLOW_RUN_ID", "DATA_MD5", "IMAGE_DIGEST")
+        return {  # the manifests fill these from the pod's annotations (Downward API)
             "uri": holder.uri,
-            **{k.lower(): os.environ.get(k) for k in keys},
+            **{k.lower(): os.environ.get(k) or None for k in keys},
             "features": holder.columns,
         }
 

@@ -70,16 +70,16 @@ def test_worker_renders_a_valid_job_for_every_deployment(kubernetes_pool):
 
     params = load_params(ROOT / "params.yaml")
     project = yaml.safe_load(PREFECT_FILE.read_text())
-    flows = {"flows/continuous_training.py": "continuous-training", "flows/drift_monitor.py": ""}
     with get_client(sync_client=True) as client:
         for entry in project["deployments"]:
-            flow_file = entry["entrypoint"].split(":")[0]
-            flow_name = flows.get(flow_file) or "drift-monitor"
-            deployment = client.read_deployment_by_name(f"{flow_name}/{entry['name']}")
+            deployment = next(
+                d
+                for d in client.read_deployments()
+                if d.name == entry["name"] and d.entrypoint == entry["entrypoint"]
+            )
             assert deployment.work_pool_name == kubernetes_pool
-            assert deployment.entrypoint == entry["entrypoint"]
             flow_run = client.create_flow_run_from_deployment(
-                deployment.id, parameters={"params_file": "params.yaml"}
+                deployment.id, parameters=entry["parameters"]
             )
             job = render_job(kubernetes_pool, flow_run.id)
             # prefect-kubernetes requires parallelism/completions in the pod spec too, where
@@ -122,7 +122,7 @@ def test_the_jobs_command_runs_the_deployments_flow_with_the_runs_parameters(
         "dry_run": True,
     }
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("continuous-training/manual")
+        deployment = client.read_deployment_by_name("continuous-training/churn-classifier-manual")
         flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
         job = render_job(kubernetes_pool, flow_run.id)
         container = job["spec"]["template"]["spec"]["containers"][0]

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from tasks.notify import Message, RunOutcome, build_message, send_message
+from tasks.notify import (
+    Message,
+    RunOutcome,
+    build_message,
+    redact_outcome,
+    send_message,
+    ui_base_url,
+)
 from tests.helpers import SlackRecorder
 
 
@@ -59,3 +66,46 @@ def test_posts_through_slack_sdk_and_survives_an_outage(tmp_path):
 def test_unreachable_slack_is_kept_not_raised(tmp_path):
     delivery = send_message(Message("x", []), "http://127.0.0.1:9/hook", tmp_path, retries=0)
     assert not delivery.delivered and "unreachable" in delivery.detail
+
+
+def test_silent_slack_is_given_up_at_its_deadline_and_kept(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # accepts, never answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+        started = time.monotonic()
+        delivery = send_message(Message("x", []), url, tmp_path, retries=0, timeout=1)
+        assert time.monotonic() - started < 8  # not slack-sdk's default nor a hang
+    assert delivery.channel == "outbox" and "deadline 1s" in delivery.detail
+    assert (tmp_path / "outbox" / "slack.jsonl").exists()
+
+
+def test_credentials_never_reach_the_message():
+    outcome = RunOutcome(
+        "failed",
+        "churn",
+        step="setup",
+        error="ServiceUnavailable: MLflow at postgresql://ml:hunter2@db/mlflow is down; "
+        "retry https://bob:tok3n@mlflow.example",
+        deploy="https://u:pw9@registry.example/churn",
+    )
+    message = build_message(redact_outcome(outcome))
+    rendered = message.text + json.dumps(message.blocks)
+    assert "hunter2" not in rendered and "tok3n" not in rendered and "pw9" not in rendered
+    assert "db/mlflow" in rendered and "mlflow.example" in rendered
+
+
+@pytest.mark.parametrize(
+    ("ui", "api", "expected"),
+    [
+        (None, None, None),  # ephemeral: no link rather than "None/flow-runs/..."
+        (None, "http://127.0.0.1:4200/api", "http://127.0.0.1:4200"),
+        ("https://prefect.example", "http://10.0.0.1:4200/api", "https://prefect.example"),
+        ("None", None, None),
+    ],
+)
+def test_flow_run_link_is_the_servers_ui_or_none(ui, api, expected):
+    assert ui_base_url(ui, api) == expected
