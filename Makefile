@@ -7,30 +7,39 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help demo test test-unit test-integration bench lint format ui serve lock clean
+.PHONY: help demo test test-unit test-integration bench lint format ui serve lock clean registry-tools
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 demo: $(STAMP)  ## run the continuous-training loop over successive batches, from a clean .ctflows/
 	rm -rf .ctflows
 	$(PY) -m scripts.demo
 
-test: $(STAMP)  ## unit and integration tests against the real components
+registry-tools:  ## Debian's docker-registry and skopeo, installed when missing (the image tests need them)
+	@command -v docker-registry >/dev/null && command -v skopeo >/dev/null || { \
+	  echo "installing docker-registry and skopeo from Debian (apt-get; needs root or sudo)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends docker-registry skopeo \
+	  || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends docker-registry skopeo; }; }
+	@docker-registry --version >/dev/null && skopeo --version
+
+test: $(STAMP) registry-tools  ## unit and integration tests against the real components
 	$(PY) -m pytest
 
 test-unit: $(STAMP)  ## unit tests only (seconds, no servers)
 	$(PY) -m pytest tests/unit
 
-test-integration: $(STAMP)  ## integration tests only
+test-integration: $(STAMP) registry-tools  ## integration tests only
 	$(PY) -m pytest tests/integration
 
-bench: $(STAMP)  ## speed targets; writes bench/results.json
+bench: $(STAMP) registry-tools  ## speed targets; writes bench/results.json
 	$(PY) -m bench.run
 
 lint: $(STAMP)  ## ruff and mypy, as before every commit

@@ -1,16 +1,20 @@
-"""`make bench`: speed targets of ctflows, measured in one warm process (as a served deployment).
+"""`make bench`: ctflows' speed and memory targets, measured as users meet them.
 
-- flow: the `continuous-training` flow on a 200,000-row batch (pull, validate, train, log to
-  MLflow, score against the champion, promote, deploy dry run, notify), per run;
-- plain: the same compute without orchestration, tracking or versioning (read parquet, validate
-  with the same GX suite, fit, score candidate and champion), per run;
-- rerun: the flow again on a data version it has already decided (same data, params, code).
+- plain cold: the same compute as a served run as a plain script in a fresh process
+  (bench/plain.py: interpreter start, imports, read, validate with the same suite, fit,
+  score candidate and champion);
+- served: a real Prefect server, `deployments.serve` with the signed webhook, and the
+  Kubernetes API stand-in: land a data version, POST the webhook, and read back from Prefect
+  when the run was Running, each task ended, the gates decided, and the rollout finished;
+  then unchanged-data runs (already decided: they must skip);
+- scaling: peak resident memory and time of served runs at 200k, 1M and 5M rows
+  (BENCH_SCALING_ROWS="200000,1000000" to leave out 5M);
+- warm: the flow called inside one warm process, labelled as such (not what served runs pay);
+- gates and drift statistics on 1M rows.
 
-- gates: every promotion gate (1,000 paired bootstrap resamples) on a 1,000,000-row holdout,
-  against scoring both models once on it.
-
-Targets: flow / plain <= 1.3, rerun / flow <= 0.10, gates / scoring <= 3. Writes
-bench/results.json and the README's table.
+A run that fails, or skips where it should have trained, stops the benchmark naming the run:
+no figure is published from it. Writes bench/results.json, the README's section and
+bench/scaling.png (`python -m bench.report` regenerates both from results.json).
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +35,22 @@ from typing import Any
 
 import yaml
 
+from bench.report import plot_scaling, render, update_readme
+from bench.served import BenchError, RunTiming, Stack, served_stack
+
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {
+    "full_over_plain": 1.3,
+    "unchanged_over_full": 0.15,
+    "accepted_to_running": 1.5,
+    "landed_to_rollout_over_plain": 2.0,
+    "rss_over_batch": 3.0,
+    "drift_seconds_1m": 5.0,
+}
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
 
 
 def _median_time(fn: Callable[[int], object], runs: int) -> tuple[float, list[float]]:
@@ -40,127 +62,302 @@ def _median_time(fn: Callable[[int], object], runs: int) -> tuple[float, list[fl
     return statistics.median(times), times
 
 
+def _scaling_rows() -> list[int]:
+    raw = os.environ.get("BENCH_SCALING_ROWS", "200000,1000000,5000000")
+    return [int(x) for x in raw.replace("_", "").split(",") if x.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="rows per batch")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each (median kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--no-warm", action="store_true", help="skip the in-process figures")
+    parser.add_argument("--no-extras", action="store_true", help="skip gates and drift on 1M")
     args = parser.parse_args(argv)
+    state = ROOT / ".ctflows" / "bench"
+    if state.exists():
+        shutil.rmtree(state)
+    state.mkdir(parents=True)
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+    try:
+        results = measure(args, state)
+    except BenchError as exc:
+        print(f"\nNOT PUBLISHED: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    text = render(results)
+    print("\n" + text)
+    update_readme(ROOT / "README.md", text)
+    if results.get("scaling"):
+        plot_scaling(results, args.out.parent / "scaling.png")
+    missed = [k for k, ok in results["met"].items() if ok is False]
+    print(f"\n{'all targets met' if not missed else 'TARGETS MISSED: ' + ', '.join(missed)}")
+    print(f"wrote {args.out}")
+    return 0 if not missed else 1
 
+
+def measure(args: argparse.Namespace, state: Path) -> dict[str, Any]:
+    from tasks.data import make_batch
+
+    runs = args.runs
+    print(f"plain cold script, {runs} runs of {args.rows:,} rows ...", flush=True)
+    plain = bench_plain(state / "plain", args.rows, runs)
+    print(f"  median {plain['seconds']:.2f} s", flush=True)
+
+    print("served runs: Prefect server, deployments.serve, webhook, stand-in ...", flush=True)
+    with served_stack(state / "served") as stack:
+        runner = _runner_kind(stack)
+        first = served_full(stack, make_batch(1, args.rows), "day 1 (warm-up, first champion)")
+        full: list[RunTiming] = []
+        for day in range(2, runs + 2):
+            full.append(served_full(stack, make_batch(day, args.rows), f"day {day}"))
+        last_rev = stack.land_rev
+        unchanged = [served_unchanged(stack, last_rev, i) for i in range(runs)]
+        scaling = []
+        for i, rows in enumerate(_scaling_rows()):
+            scaling.append(served_scaling(stack, rows, 100 + i))
+    del first
+    served = summarize_served(full, unchanged, runner)
+    results: dict[str, Any] = {
+        "rows": args.rows,
+        "runs": runs,
+        "machine": f"{platform.machine()}, {_cores()} cores, Python {platform.python_version()}",
+        "plain_cold": plain,
+        "served": served,
+        "scaling": scaling,
+    }
+    if not args.no_warm:
+        print("warm, in one process ...", flush=True)
+        results["warm"] = bench_warm(state / "warm", args.rows, runs)
+    if not args.no_extras:
+        from tasks.config import load_params
+
+        params = load_params(stack.params_file)
+        print("gates on a 1,000,000-row holdout ...", flush=True)
+        gates_s, score_s = bench_gates(params)
+        print("drift statistics on 1,000,000 rows x 20 features ...", flush=True)
+        results["gates_seconds_1m"] = round(gates_s, 3)
+        results["score_both_seconds_1m"] = round(score_s, 3)
+        results["drift_seconds_1m"] = round(bench_drift(params), 3)
+    ratios = {
+        "full_over_plain": round(served["full_seconds"] / plain["seconds"], 3),
+        "unchanged_over_full": round(served["unchanged_seconds"] / served["full_seconds"], 3),
+        "landed_to_rollout_over_plain": round(
+            served["landed_to_rollout_seconds"] / plain["seconds"], 3
+        ),
+    }
+    results["ratios"] = ratios
+    results["targets"] = TARGETS
+    results["met"] = {
+        "full_over_plain": ratios["full_over_plain"] <= TARGETS["full_over_plain"],
+        "unchanged_over_full": ratios["unchanged_over_full"] <= TARGETS["unchanged_over_full"],
+        "accepted_to_running": served["accepted_to_running"] <= TARGETS["accepted_to_running"],
+        "landed_to_rollout": ratios["landed_to_rollout_over_plain"]
+        <= TARGETS["landed_to_rollout_over_plain"],
+        "rss_over_batch": all(s["rss_over_batch"] <= TARGETS["rss_over_batch"] for s in scaling)
+        if scaling
+        else None,
+        "drift_seconds_1m": results["drift_seconds_1m"] <= TARGETS["drift_seconds_1m"]
+        if "drift_seconds_1m" in results
+        else None,
+    }
+    return results
+
+
+def bench_plain(folder: Path, rows: int, runs: int) -> dict[str, Any]:
+    """Seconds of bench/plain.py as a fresh process, each on a new day's batch."""
+    from tasks.data import make_batch
+
+    folder.mkdir(parents=True)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["validate"]["suite"] = str(ROOT / raw["validate"]["suite"])
+    params = folder / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    champion = folder / "champion.txt"
+    times: list[float] = []
+    stages: list[dict[str, float]] = []
+    for day in range(1, runs + 2):
+        batch = folder / f"day{day}.parquet"
+        make_batch(day, rows).to_parquet(batch, index=False)
+        cmd = [sys.executable, "-m", "bench.plain", str(batch), "--params", str(params)]
+        cmd += ["--save", str(champion)] if day == 1 else ["--champion", str(champion)]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise BenchError(f"plain script failed on day {day}: {proc.stderr[-500:]}")
+        if day > 1:  # day 1 trains the champion the others score against
+            times.append(seconds)
+            stages.append(json.loads(proc.stdout.strip().splitlines()[-1])["stages"])
+    return {
+        "seconds": _median(times),
+        "all": [round(t, 3) for t in times],
+        "stages": {k: _median([s[k] for s in stages]) for k in stages[0]},
+    }
+
+
+def _runner_kind(stack: Stack) -> str:
+    text = stack.log.read_text(errors="replace")
+    return "forkserver" if "forkserver" in text else "spawn"
+
+
+def served_full(stack: Stack, df: Any, label: str) -> RunTiming:
+    """Land ``df``, post the webhook, wait: the run must train and roll out."""
+    rev, landed = stack.land(df, label)
+    stack.land_rev = rev
+    before = stack.served_image()
+    stack.rss.start()
+    run_id, accepted = stack.post(rev)
+    state = stack.wait(run_id, 1800)
+    peak = stack.rss.stop()
+    timing = stack.timing(run_id, accepted, landed)
+    timing.peak_rss_bytes = peak
+    if state != "COMPLETED" or not timing.trained:
+        what = "failed" if state != "COMPLETED" else "skipped where it should have trained"
+        raise BenchError(f"served run {run_id} ({label}) {what}: state {state}; see {stack.log}")
+    if not timing.promoted or stack.served_image() == before:
+        raise BenchError(f"served run {run_id} ({label}) did not roll out a new image")
+    print(
+        f"  {label}: Running after {timing.accepted_to_running:.2f} s, "
+        f"rollout {timing.landed_to_rollout or 0:.2f} s after landing, "
+        f"Completed after {timing.total:.2f} s",
+        flush=True,
+    )
+    return timing
+
+
+def served_unchanged(stack: Stack, rev: str, i: int) -> RunTiming:
+    """A run on data, params and code already decided: it must skip, and fast."""
+    run_id, created = stack.run_manual(rev)
+    state = stack.wait(run_id, 600)
+    timing = stack.timing(run_id, created)
+    if state != "COMPLETED" or timing.trained:
+        what = "failed" if state != "COMPLETED" else "trained although nothing changed"
+        raise BenchError(f"unchanged run {run_id} {what}: state {state}; see {stack.log}")
+    print(f"  unchanged run {i + 1}: Completed after {timing.total:.2f} s", flush=True)
+    return timing
+
+
+def served_scaling(stack: Stack, rows: int, day: int) -> dict[str, Any]:
+    import pandas as pd
+
+    from tasks.data import make_batch
+
+    print(f"scaling: served run on {rows:,} rows ...", flush=True)
+    timing = served_full(stack, make_batch(day, rows), f"{rows:,} rows")
+    batch = pd.read_parquet(stack.data_repo / "data" / "batch.parquet")
+    size = int(batch.memory_usage(deep=True).sum())
+    assert timing.peak_rss_bytes is not None
+    return {
+        "rows": rows,
+        "batch_bytes": size,
+        "peak_rss_bytes": timing.peak_rss_bytes,
+        "rss_over_batch": round(timing.peak_rss_bytes / size, 2),
+        "seconds": round(timing.total, 3),
+        "tasks": timing.tasks,
+    }
+
+
+def summarize_served(full: list[RunTiming], unchanged: list[RunTiming], runner: str) -> dict:
+    names = sorted({name for t in full for name in t.tasks}, key=lambda n: _order(full, n))
+    tasks = {n: _median([t.tasks.get(n, 0.0) for t in full]) for n in names}
+    outside = [t.total - t.accepted_to_running - sum(t.tasks.values()) for t in full]
+    return {
+        "runner": runner,
+        "full_seconds": _median([t.total for t in full]),
+        "full_all": [round(t.total, 3) for t in full],
+        "accepted_to_running": _median([t.accepted_to_running for t in full]),
+        "accepted_to_running_all": [round(t.accepted_to_running, 3) for t in full],
+        "decision_seconds": _median([t.decision or 0.0 for t in full]),
+        "rollout_seconds": _median([t.rollout or 0.0 for t in full]),
+        "landed_to_rollout_seconds": _median([t.landed_to_rollout or 0.0 for t in full]),
+        "landed_to_rollout_all": [round(t.landed_to_rollout or 0.0, 3) for t in full],
+        "tasks": tasks,
+        "outside_tasks": _median(outside),
+        "unchanged_seconds": _median([t.total for t in unchanged]),
+        "unchanged_all": [round(t.total, 3) for t in unchanged],
+        "unchanged_tasks": {
+            n: _median([t.tasks.get(n, 0.0) for t in unchanged])
+            for n in sorted({n for t in unchanged for n in t.tasks})
+        },
+        "peak_rss_bytes": max(t.peak_rss_bytes or 0 for t in full),
+        "flow_runs": [t.run_id for t in full] + [t.run_id for t in unchanged],
+    }
+
+
+def _order(full: list[RunTiming], name: str) -> int:
+    """Tasks in the order a run reaches them (their order in the recorded breakdown)."""
+    order = ["setup-tracking", "recover", "resolve-data", "find-previous-run", "pull-data"]
+    order += ["validate-data", "check-deployment", "train-model", "evaluate-candidate"]
+    order += ["promote-model", "deploy-model", "finish-promotion", "complete-run", "notify"]
+    return order.index(name) if name in order else len(order)
+
+
+def bench_warm(folder: Path, rows: int, runs: int) -> dict[str, Any]:
+    """The flow called in this (warm) process, the plain compute in-process, and reruns."""
     from deployments.server import prefect_server
     from tasks.config import load_params
     from tasks.data import init_data_repo, make_batch, publish_batch, read_batch, split_holdout
 
-    state = ROOT / ".ctflows" / "bench"
-    if state.exists():
-        import shutil
-
-        shutil.rmtree(state)
+    folder.mkdir(parents=True)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["project"]["state_dir"] = str(state / "state")
+    raw["project"]["state_dir"] = str(folder / "state")
     raw["deploy"]["target"] = "dry-run"
     raw["validate"]["suite"] = str(ROOT / raw["validate"]["suite"])
-    params_file = state / "params.yaml"
-    state.mkdir(parents=True)
+    params_file = folder / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     params = load_params(params_file)
-
-    data_repo = state / "data-repo"
-    init_data_repo(data_repo, state / "dvc-remote")
-    days = range(1, 2 * args.runs + 3)
-    print(f"landing {len(days)} batches of {args.rows:,} rows ...", flush=True)
+    data_repo = folder / "data-repo"
+    init_data_repo(data_repo, folder / "dvc-remote")
+    days = range(1, 2 * runs + 3)
     revs = {
-        d: publish_batch(data_repo, make_batch(d, args.rows), params.data.path, f"day {d}")
-        for d in days
+        d: publish_batch(data_repo, make_batch(d, rows), params.data.path, f"d{d}") for d in days
     }
-    local = {d: state / f"day{d}.parquet" for d in days}
+    local = {d: folder / f"day{d}.parquet" for d in days}
     for d in days:
-        make_batch(d, args.rows).to_parquet(local[d], index=False)
+        make_batch(d, rows).to_parquet(local[d], index=False)
 
-    def plain(day: int, champion: object | None) -> object:
+    def plain(day: int, champion: Any) -> Any:
         from tasks.evaluate import compare
         from tasks.train import train_model
         from tasks.validate import validate_batch
 
         df = read_batch(local[day])
         if not validate_batch(df, params).success:
-            raise RuntimeError("validation failed")
+            raise BenchError("validation failed in the warm plain run")
         train_df, holdout = split_holdout(df, params.data)
         model = train_model(train_df, params)
         compare(model, champion, holdout, params.gates, params.data)
         return model
 
-    logging.getLogger("prefect").setLevel(logging.WARNING)
-    with prefect_server(state / "prefect"):
+    with prefect_server(folder / "prefect"):
         from flows.continuous_training import continuous_training
 
-        def flow(day: int) -> None:
+        def flow(day: int, expect: set[str]) -> None:
             outcome = continuous_training(
                 rev=revs[day], repo=str(data_repo), params_file=str(params_file)
             )
-            if outcome.kind not in {"promoted", "rejected"}:
-                raise RuntimeError(f"expected a full run, got {outcome.line()}")
+            if outcome.kind not in expect:
+                raise BenchError(f"warm run on day {day}: expected {expect}, got {outcome.line()}")
 
-        print("warming up ...", flush=True)
-        flow(days[0])
+        full = {"promoted", "rejected"}
+        flow(days[0], full)
         champion = plain(days[0], None)
-        print(f"timing {args.runs} runs of each ...", flush=True)
-        plain_s, plain_all = _median_time(lambda i: plain(days[1 + i], champion), args.runs)
-        flow_s, flow_all = _median_time(lambda i: flow(days[1 + args.runs + i]), args.runs)
-
-        def rerun(i: int) -> None:
-            outcome = continuous_training(
-                rev=revs[days[1 + args.runs + i]],
-                repo=str(data_repo),
-                params_file=str(params_file),
-            )
-            if outcome.kind != "skipped":
-                raise RuntimeError(f"an unchanged rerun was not skipped: {outcome.line()}")
-
-        rerun_s, rerun_all = _median_time(lambda i: rerun(i % args.runs), 3 * args.runs)
-
-    print("gates on a 1,000,000-row holdout ...", flush=True)
-    gates_s, score_s = bench_gates(params)
-    print("drift statistics on 1,000,000 rows x 20 features ...", flush=True)
-    drift_s = bench_drift(params)
-    print("webhook to Running on a served deployment ...", flush=True)
-    hook_s = bench_webhook(state / "hook", args.runs + 2)
-
-    results = {
-        "rows": args.rows,
-        "runs": args.runs,
+        plain_s, plain_all = _median_time(lambda i: plain(days[1 + i], champion), runs)
+        flow_s, flow_all = _median_time(lambda i: flow(days[1 + runs + i], full), runs)
+        rerun_s, rerun_all = _median_time(lambda i: flow(days[1 + runs + i], {"skipped"}), runs)
+    return {
         "flow_seconds": round(flow_s, 3),
         "plain_seconds": round(plain_s, 3),
-        "ratio": round(flow_s / plain_s, 3),
         "rerun_seconds": round(rerun_s, 3),
-        "rerun_ratio": round(rerun_s / flow_s, 3),
-        "gates_seconds_1m": round(gates_s, 3),
-        "score_both_seconds_1m": round(score_s, 3),
-        "gates_ratio": round(gates_s / score_s, 3),
-        "drift_seconds_1m": round(drift_s, 3),
-        "webhook_to_running_seconds_median": round(statistics.median(hook_s), 3),
-        "webhook_to_running_seconds": [round(t, 3) for t in hook_s],
-        "targets": {
-            "ratio": 1.3,
-            "rerun_ratio": 0.10,
-            "gates_ratio": 3.0,
-            "drift_seconds_1m": 5.0,
-            "webhook_to_running_seconds_median": 3.0,
-        },
-        "all_seconds": {
+        "all": {
             "flow": [round(t, 3) for t in flow_all],
             "plain": [round(t, 3) for t in plain_all],
             "rerun": [round(t, 3) for t in rerun_all],
         },
-        "machine": f"{platform.machine()}, {_cores()} cores, Python {platform.python_version()}",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
-    update_readme(ROOT / "README.md", table(results))
-    ok = results["ratio"] <= 1.3 and results["rerun_ratio"] <= 0.10 and results["gates_ratio"] <= 3
-    print(f"\n{'all targets met' if ok else 'TARGET MISSED'}; wrote {args.out}")
-    return 0 if ok else 1
 
 
 def bench_gates(params: Any) -> tuple[float, float]:
@@ -199,159 +396,8 @@ def bench_drift(params: Any) -> float:
     return time.perf_counter() - started
 
 
-def bench_webhook(state: Path, runs: int) -> list[float]:
-    """Seconds from an accepted webhook (202) to its flow run Running, on `deployments.serve`."""
-    import os
-    import subprocess
-    import urllib.request
-
-    from deployments.server import free_port, prefect_server
-    from deployments.webhook import sign
-    from tasks.data import init_data_repo, make_batch, publish_batch
-
-    state.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["project"]["state_dir"] = str(state / "state")
-    raw["deploy"]["target"] = "dry-run"
-    raw["validate"]["suite"] = str(ROOT / raw["validate"]["suite"])
-    raw["data"]["repo"] = str(state / "data-repo")
-    params_file = state / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    init_data_repo(state / "data-repo", state / "dvc-remote")
-    secret, port = "bench-secret", free_port()
-    times = []
-    with prefect_server(state / "prefect") as api_url:
-        env = {
-            **os.environ,
-            "PREFECT_API_URL": api_url,
-            "PYTHONPATH": str(ROOT),
-            "CTFLOWS_WEBHOOK_SECRET": secret,
-        }
-        serve = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "deployments.serve",
-                "--params",
-                str(params_file),
-                "--webhook-port",
-                str(port),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            from prefect.client.orchestration import get_client
-
-            with get_client(sync_client=True) as client:
-                _wait(lambda: _exists(client, "continuous-training/on-new-data"), 90)
-                _wait(lambda: _up(f"http://127.0.0.1:{port}/health"), 30)
-                for day in range(1, runs + 1):
-                    rev = publish_batch(
-                        state / "data-repo",
-                        make_batch(day, 5_000),
-                        "data/batch.parquet",
-                        f"day {day}",
-                    )
-                    body = json.dumps({"path": "data/batch.parquet", "rev": rev}).encode()
-                    stamp = str(int(time.time()))
-                    req = urllib.request.Request(
-                        f"http://127.0.0.1:{port}/hooks/data-landed",
-                        data=body,
-                        method="POST",
-                        headers={
-                            "X-Ctflows-Timestamp": stamp,
-                            "X-Ctflows-Signature": sign(secret, stamp, body),
-                            "Content-Type": "application/json",
-                        },
-                    )
-                    with urllib.request.urlopen(req, timeout=30) as resp:
-                        run_id = json.loads(resp.read())["flow_run_id"]
-                    accepted = time.perf_counter()
-                    _wait(
-                        lambda r=run_id: _state(client, r) in {"RUNNING", "COMPLETED", "FAILED"},
-                        60,
-                        step=0.02,
-                    )
-                    times.append(time.perf_counter() - accepted)
-                    _wait(lambda r=run_id: _state(client, r) in {"COMPLETED", "FAILED"}, 300)
-        finally:
-            serve.terminate()
-            serve.wait(timeout=30)
-    return times
-
-
-def _exists(client: Any, name: str) -> bool:
-    try:
-        client.read_deployment_by_name(name)
-        return True
-    except Exception:
-        return False
-
-
-def _up(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-def _state(client: Any, run_id: str) -> str:
-    run = client.read_flow_run(run_id)
-    return str(run.state.type.value) if run.state else ""
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, step: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s")
-        time.sleep(step)
-
-
-def update_readme(readme: Path, text: str) -> None:
-    """Keep the README's benchmark table equal to the last measurement."""
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    content = readme.read_text()
-    if start in content and end in content:
-        head, rest = content.split(start, 1)
-        readme.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
-
-
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
-
-
-def table(r: dict[str, object]) -> str:
-    rows = [
-        ("flow, per run", f"{r['flow_seconds']:.2f} s", ""),
-        ("plain script, per run", f"{r['plain_seconds']:.2f} s", ""),
-        ("flow / plain", f"{r['ratio']:.2f}", "≤ 1.30"),
-        ("unchanged rerun (median of 3x runs)", f"{r['rerun_seconds']:.2f} s", ""),
-        ("rerun / flow", f"{r['rerun_ratio']:.3f}", "≤ 0.10"),
-        ("score both models once, 1M rows", f"{r['score_both_seconds_1m']:.2f} s", ""),
-        ("all gates (1,000 paired resamples), 1M rows", f"{r['gates_seconds_1m']:.2f} s", ""),
-        ("gates / scoring", f"{r['gates_ratio']:.2f}", "≤ 3.00"),
-        ("drift statistics, 1M rows x 20 features", f"{r['drift_seconds_1m']:.2f} s", "≤ 5 s"),
-        (
-            f"accepted webhook to Running (median of {len(r['webhook_to_running_seconds'])})",
-            f"{r['webhook_to_running_seconds_median']:.2f} s",
-            "≤ 3 s",
-        ),
-    ]
-    lines = [
-        f"| measure ({r['rows']:,} rows, median of {r['runs']}) | value | target |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

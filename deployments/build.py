@@ -11,8 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from deployments.definitions import deployment_specs, prefect_yaml
-from tasks.config import load_params
+from deployments.definitions import prefect_yaml, project_specs
 
 HERE = Path(__file__).resolve().parent
 HEADER = (
@@ -25,7 +24,7 @@ HEADER = (
 
 
 def render(params_path: str = "params.yaml") -> str:
-    specs = deployment_specs(load_params(params_path), "params.yaml")
+    specs = project_specs(params_path, relative=True)  # every model of the project
     return HEADER + yaml.safe_dump(prefect_yaml(specs), sort_keys=False, width=100)
 
 

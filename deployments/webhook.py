@@ -1,39 +1,48 @@
-"""Signed webhook receiver: a verified `POST /hooks/data-landed` starts one training run.
+"""Signed data-landed webhooks: what a request must carry, and which run it maps to.
 
     python -m deployments.webhook --host 127.0.0.1 --port 8787 [--params params.yaml]
 
-Prefect's open-source server has no webhooks (that is Prefect Cloud), so this receiver verifies
-the request and creates a flow run of `continuous-training/on-new-data` with an idempotency key
-derived from the data (md5, else path and revision): the same data never starts two runs.
+Prefect's open-source server has no webhooks (that is Prefect Cloud), so the receiver
+(deployments/receiver.py) verifies the request and creates the flow run of
+`continuous-training/<model>-on-new-data` itself. This module holds the rules, free of any server:
 
-Signed like Slack's and Stripe's webhooks:
+- signed like Slack's and Stripe's webhooks:
     X-Ctflows-Timestamp: <unix seconds>
     X-Ctflows-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>
-The secret comes from $CTFLOWS_WEBHOOK_SECRET or a Prefect Secret block and is never logged.
+  the secret comes from $CTFLOWS_WEBHOOK_SECRET or a Prefect Secret block and is never logged;
+- a request is accepted only once its flow run exists; accepted signatures are journaled until
+  their timestamp is too old to pass anyway, so a replay is refused and the journal stays small;
+- one data version (its md5) maps to one flow run at a time: the idempotency key carries the
+  number of earlier runs of that data that failed, crashed or were cancelled, so duplicates
+  and concurrent requests share a run while a data version whose last run did not finish
+  can be run again.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
+import re
 import threading
-import time
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Params, load_params
+from tasks.config import Params
 
 log = logging.getLogger("ctflows.webhook")
 PATH = "/hooks/data-landed"
-DEPLOYMENT = "continuous-training/on-new-data"
+
+_TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
+_SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}", re.ASCII)
+# Prefect state types after which the data version has not been decided and may run again.
+RERUNNABLE = frozenset({"FAILED", "CRASHED", "CANCELLED"})
 
 
 class WebhookError(Exception):
@@ -50,74 +59,140 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-class ReplayGuard:
-    """Remembers accepted signatures for the tolerance window, so a replay is refused.
+@dataclass(frozen=True)
+class Signed:
+    """A request whose signature checked out: the signature and the time it was signed."""
 
-    With a ``journal`` file the memory survives a restart of the receiver: accepted
-    signatures are appended to it and the ones still inside the window are read back.
-    """
-
-    def __init__(self, window: float, journal: Path | None = None) -> None:
-        self.window = window
-        self.seen: OrderedDict[str, float] = OrderedDict()
-        self.lock = threading.Lock()
-        self.journal = journal
-        if journal is not None and journal.exists():
-            horizon = time.time() - 2 * window
-            for line in journal.read_text().splitlines():
-                signature, _, at = line.partition(" ")
-                with contextlib.suppress(ValueError):
-                    if float(at) >= horizon:
-                        self.seen[signature] = float(at)
-
-    def check_and_add(self, signature: str, now: float) -> bool:
-        with self.lock:
-            while self.seen and next(iter(self.seen.values())) < now - 2 * self.window:
-                self.seen.popitem(last=False)
-            if signature in self.seen:
-                return False
-            self.seen[signature] = now
-            if self.journal is not None:
-                self.journal.parent.mkdir(parents=True, exist_ok=True)
-                with self.journal.open("a") as fh:
-                    fh.write(f"{signature} {now}\n")
-            return True
+    signature: str
+    sent: int
 
 
 def verify(
-    secret: str,
-    headers: dict[str, str],
-    body: bytes,
-    now: float,
-    tolerance: float,
-    guard: ReplayGuard,
-) -> None:
-    """Raise WebhookError unless the request is signed with ``secret``, fresh and new."""
+    secret: str, headers: Mapping[str, str], body: bytes, now: float, tolerance: float
+) -> Signed:
+    """Raise WebhookError (401) unless ``body`` is signed with ``secret`` and fresh.
+
+    Header values are checked for shape before anything is compared, so a non-ASCII or
+    malformed header is a refusal, never an exception.
+    """
     timestamp = headers.get("x-ctflows-timestamp", "")
     signature = headers.get("x-ctflows-signature", "")
     if not timestamp or not signature:
         raise WebhookError(401, "missing X-Ctflows-Timestamp or X-Ctflows-Signature header")
-    try:
-        sent = int(timestamp)
-    except ValueError as exc:
-        raise WebhookError(401, "X-Ctflows-Timestamp must be unix seconds") from exc
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise WebhookError(401, "X-Ctflows-Timestamp must be unix seconds (ASCII digits)")
+    if not _SIGNATURE.fullmatch(signature):
+        raise WebhookError(
+            401, "X-Ctflows-Signature must be sha256=<64 lowercase hex digits> (malformed)"
+        )
+    sent = int(timestamp)
     if abs(now - sent) > tolerance:
         raise WebhookError(401, f"timestamp is more than {tolerance:.0f} s off the server clock")
-    if not hmac.compare_digest(sign(secret, timestamp, body), signature):
+    if not hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.encode()):
         raise WebhookError(401, "signature does not match")
-    if not guard.check_and_add(signature, now):
-        raise WebhookError(409, "this request was already accepted (replay)")
+    return Signed(signature, sent)
+
+
+class ReplayJournal:
+    """The signatures of accepted requests, each with the flow run it started.
+
+    A signature is remembered only while its timestamp could still pass the freshness check
+    (``tolerance`` seconds); older ones are pruned, from memory and from the ``path`` file,
+    which is rewritten when it holds more expired lines than live ones. With a file, the
+    memory survives a restart of the receiver.
+    """
+
+    def __init__(self, tolerance: float, path: Path | None = None, now: float | None = None):
+        self.tolerance = tolerance
+        self.path = path
+        self.live: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self.lines = 0  # lines in the file, live or expired
+        self.lock = threading.Lock()
+        if path is not None and path.exists():
+            for line in path.read_text().splitlines():
+                signature, sent, run = [*line.split(" "), "", ""][:3]
+                with contextlib.suppress(ValueError):
+                    self.live[signature] = (int(float(sent)), run)
+            self.live = OrderedDict(sorted(self.live.items(), key=lambda kv: kv[1][0]))
+            with self.lock:
+                self._prune(now if now is not None else _time())
+                self._rewrite()
+
+    def accepted(self, signature: str, now: float) -> str | None:
+        """The flow run ``signature`` was accepted for, if it is remembered."""
+        with self.lock:
+            self._prune(now)
+            entry = self.live.get(signature)
+            return entry[1] if entry else None
+
+    def record(self, signed: Signed, flow_run_id: str, now: float) -> None:
+        with self.lock:
+            self._prune(now)
+            self.live[signed.signature] = (signed.sent, flow_run_id)
+            if self.path is None:
+                return
+            if self.lines > 2 * len(self.live) + 100:
+                self._rewrite()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as fh:
+                    fh.write(f"{signed.signature} {signed.sent} {flow_run_id}\n")
+                self.lines += 1
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def _prune(self, now: float) -> None:
+        expired = [s for s, (sent, _) in self.live.items() if sent + self.tolerance < now]
+        for signature in expired:
+            del self.live[signature]
+
+    def _rewrite(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{s} {sent} {run}\n" for s, (sent, run) in self.live.items()))
+        os.replace(tmp, self.path)
+        self.lines = len(self.live)
+
+
+def _time() -> float:
+    import time
+
+    return time.time()
 
 
 @dataclass(frozen=True)
 class Landed:
+    """The data version a request names: ``md5`` is its identity when known."""
+
     path: str
     rev: str
     md5: str | None
 
     @property
-    def idempotency_key(self) -> str:
-        return f"data-landed:{self.md5}" if self.md5 else f"data-landed:{self.path}@{self.rev}"
+    def identity(self) -> str:
+        return self.md5 or f"{self.path}@{self.rev}"
+
+    @property
+    def tag(self) -> str:
+        """The tag every flow run started for this data version carries."""
+        return f"ctflows.data:{self.identity}"
+
+    def idempotency_key(self, earlier_states: Iterable[str]) -> str:
+        return attempt_key(self.identity, earlier_states)
+
+
+def attempt_key(identity: str, earlier_states: Iterable[str]) -> str:
+    """The idempotency key of the next run of a data version, given its earlier runs' states.
+
+    Each run that ended Failed, Crashed or Cancelled moves the key on by one: a data version
+    whose runs all failed gets a fresh key (a new run), while requests that arrive while a run
+    is pending, running or completed get that run's key (the same run).
+    """
+    attempt = sum(1 for state in earlier_states if state.upper() in RERUNNABLE)
+    return f"data-landed:{identity}#{attempt}"
 
 
 def parse_body(body: bytes) -> Landed:
@@ -131,39 +206,17 @@ def parse_body(body: bytes) -> Landed:
     if missing:
         raise WebhookError(422, f"missing or empty string fields: {missing}")
     md5 = data.get("md5")
-    if md5 is not None and (not isinstance(md5, str) or len(md5) != 32):
+    if md5 is not None and (not isinstance(md5, str) or not re.fullmatch(r"[0-9a-f]{32}", md5)):
         raise WebhookError(422, "md5, when given, must be a 32-character hex string")
     return Landed(data["path"], data["rev"], md5)
 
 
-def start_run(landed: Landed, params_file: str) -> dict[str, Any]:
-    """Create (or find, by idempotency key) the flow run of the on-new-data deployment."""
-    from prefect.client.orchestration import get_client
-
-    parameters = {
-        "rev": landed.rev,
-        "path": landed.path,
-        "md5": landed.md5,
-        "params_file": params_file,
-    }
-    started = time.time()
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(DEPLOYMENT)
-        run = client.create_flow_run_from_deployment(
-            deployment.id, parameters=parameters, idempotency_key=landed.idempotency_key
-        )
-    duplicate = run.created is not None and run.created.timestamp() < started - 0.5
-    return {
-        "flow_run_id": str(run.id),
-        "flow_run_name": run.name,
-        "deployment": DEPLOYMENT,
-        "parameters": parameters,
-        "idempotency_key": landed.idempotency_key,
-        "duplicate": duplicate,
-    }
+class NoSecret(RuntimeError):
+    """Neither the environment variable nor the Prefect Secret block holds a webhook secret."""
 
 
 def webhook_secret(params: Params) -> str:
+    """The shared secret, from ``triggers.webhook.secret_env`` or its Prefect Secret block."""
     hook = params.triggers.webhook
     secret = os.environ.get(hook.secret_env)
     if not secret and hook.secret_block:
@@ -175,107 +228,17 @@ def webhook_secret(params: Params) -> str:
         except ValueError:
             secret = None
     if not secret:
-        raise SystemExit(
-            f"no webhook secret: set ${hook.secret_env} or create the Prefect Secret block "
-            f"{hook.secret_block!r}"
-        )
+        where = f"${hook.secret_env}"
+        if hook.secret_block:
+            where += f" or the Prefect Secret block {hook.secret_block!r}"
+        raise NoSecret(f"no webhook secret: set {where} (triggers.webhook in params)")
     return secret
 
 
-def make_handler(params: Params, params_file: str, secret: str) -> type[BaseHTTPRequestHandler]:
-    hook = params.triggers.webhook
-    guard = ReplayGuard(hook.tolerance_seconds, params.state_dir / "webhook" / "accepted.log")
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 10  # a slow client cannot hold a thread forever
-        server_version = "ctflows-webhook"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.info("%s %s", self.address_string(), format % args)
-
-        def _reply(self, status: int, payload: dict[str, Any]) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _discard(self, length: int) -> None:
-            """Read and drop a refused body (up to 8x the limit) so the client gets the answer
-            instead of a broken pipe; anything larger is cut off by closing the connection."""
-            if length > 8 * hook.max_body_bytes:
-                self.close_connection = True
-                return
-            while length > 0:
-                chunk = self.rfile.read(min(length, 65536))
-                if not chunk:
-                    return
-                length -= len(chunk)
-
-        def do_GET(self) -> None:
-            if self.path == "/health":
-                return self._reply(200, {"status": "ok"})
-            return self._reply(404, {"error": f"no such path {self.path}"})
-
-        def do_POST(self) -> None:
-            try:
-                if self.path != PATH:
-                    raise WebhookError(404, f"no such path {self.path}; POST {PATH}")
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    raise WebhookError(411, "Content-Length is required")
-                if int(length) > hook.max_body_bytes:
-                    self._discard(int(length))
-                    raise WebhookError(413, f"body over {hook.max_body_bytes} bytes")
-                body = self.rfile.read(int(length))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                verify(secret, headers, body, time.time(), hook.tolerance_seconds, guard)
-                landed = parse_body(body)
-            except WebhookError as exc:
-                log.warning("refused %s: %s %s", self.address_string(), exc.status, exc)
-                return self._reply(exc.status, {"error": str(exc)})
-            except (TimeoutError, ConnectionError) as exc:
-                log.warning("client %s went away: %s", self.address_string(), exc)
-                return None
-            try:
-                started = start_run(landed, params_file)
-            except Exception as exc:  # the Prefect API is down or the deployment is missing
-                log.error("could not start %s: %s", DEPLOYMENT, exc)
-                return self._reply(503, {"error": f"could not start {DEPLOYMENT}: {exc}"})
-            log.info("accepted %s -> flow run %s", landed, started["flow_run_id"])
-            return self._reply(202, started)
-
-    return Handler
-
-
-def make_server(params_file: str, host: str, port: int) -> ThreadingHTTPServer:
-    params = load_params(params_file)
-    server = ThreadingHTTPServer(
-        (host, port), make_handler(params, params_file, webhook_secret(params))
-    )
-    server.daemon_threads = True
-    return server
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Receive signed data-landed webhooks.")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8787, help="port (default: %(default)s)")
-    parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = make_server(os.path.abspath(args.params), args.host, args.port)
-    print(f"webhook receiver on http://{args.host}:{server.server_address[1]}{PATH}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    from deployments.receiver import main as serve_receiver
+
+    serve_receiver(argv)
 
 
 if __name__ == "__main__":

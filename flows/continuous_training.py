@@ -5,9 +5,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from tasks.config import Params, load_params
-from tasks.data import pull_data, resolve_data
+from tasks.data import lineage_tags, pull_data, resolve_data
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate
+from tasks.image import build_model_image
+from tasks.ledger import check_freeze
 from tasks.notify import Kind, RunOutcome, flow_run_link, notify
 from tasks.promote import (
     find_decision,
@@ -15,6 +17,7 @@ from tasks.promote import (
     get_champion,
     promote_model,
     recover_interrupted,
+    register_candidate,
     restore_champion,
 )
 from tasks.services import call_with_deadline, failure_text, outage_of, prefect_deadline
@@ -82,7 +85,9 @@ def _continuous_training(
         step = "pull"
         data_repo = repo or params.data.repo
         version = call_with_deadline(
-            lambda: resolve_data(data_repo, path or params.data.path, rev or params.data.rev, md5),
+            lambda: resolve_data(
+                data_repo, path or params.data.path, rev or params.data.rev, md5, params.data
+            ),
             params.timeouts.dvc,
             "DVC (git)",
             data_repo,
@@ -91,12 +96,9 @@ def _continuous_training(
             outcome.kind, outcome.model_name, version.md5, flow_run=outcome.flow_run
         )
         lineage = {
-            "ct.data_md5": version.md5,
+            **lineage_tags(version),
             "ct.git_commit": code_version(),
             "ct.params_hash": params.params_hash(),
-            "ct.data_repo": version.repo,
-            "ct.data_path": version.path,
-            "ct.data_rev": version.rev,
         }
         previous = None if dry_run or force else find_decision(experiment_id, lineage, params)
         if previous is not None:
@@ -117,7 +119,7 @@ def _continuous_training(
             return skipped
         pulled = version
         version = call_with_deadline(
-            lambda: pull_data(pulled), params.timeouts.dvc, "DVC remote", pulled.repo
+            lambda: pull_data(pulled, params), params.timeouts.dvc, "DVC remote", pulled.repo
         )
         step = "validate"
         validate_data(version, params)
@@ -154,7 +156,24 @@ def _continuous_training(
                 raise GateRejected(report)
             return result
         step = "promote"
-        promotion = promote_model(trained, params, templates)
+        freeze = check_freeze(params)
+        if freeze is not None:  # gated but not promoted; not complete: decided again later
+            frozen = RunOutcome(
+                "frozen",
+                outcome.model_name,
+                version.md5,
+                champion.version if champion else None,
+                run_id=trained.run_id,
+                flow_run=outcome.flow_run,
+                error=f"promotions frozen by {freeze.actor} since {freeze.at}: {freeze.reason}",
+            ).with_report(report)
+            notify(frozen, params)
+            return frozen
+        step = "image"  # built, pushed and found by digest before the alias moves
+        registered = register_candidate(trained, params)
+        image = build_model_image(trained.model_uri, params.registry.model_name, registered, params)
+        step = "promote"
+        promotion = promote_model(trained, params, templates, registered)
         step = "deploy"
         try:
             deployed = deploy_model(promotion.identity, params)
@@ -170,7 +189,7 @@ def _continuous_training(
             promotion.version,
             promotion.previous_version,
             trained.run_id,
-            deploy=deployed.summary(),
+            deploy=f"{image.summary()}; {deployed.summary()}",
             flow_run=outcome.flow_run,
         ).with_report(report)
         notify(result, params)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
-from prefect.runtime import flow_run
 
 from tasks.config import load_params
 from tasks.data import pull_data, read_version, resolve_data, split_holdout
 from tasks.drift import DriftReport, measure_drift, should_retrain
-from tasks.notify import RunOutcome, notify
+from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import champion_data_version
 from tasks.train import prepare_tracking
 
@@ -24,7 +23,7 @@ def drift_monitor(
     """Compare data at ``rev`` with the champion's training rows; drift starts a retraining.
 
     Beyond the thresholds in ``params.drift``, emits the drift event that the
-    `continuous-training/on-new-data` deployment is triggered by, with this data's path,
+    `continuous-training/<model>-on-new-data` deployment is triggered by, with this data's path,
     revision and md5; the per-feature report goes to Slack and to a Prefect table artifact.
     """
     logger = get_run_logger()
@@ -37,7 +36,7 @@ def drift_monitor(
     current = resolve_data(
         repo or params.data.repo, path or params.data.path, rev or params.data.rev
     )
-    current, reference = pull_data(current), pull_data(reference)
+    current, reference = pull_data(current, params), pull_data(reference, params)
     training_rows, _ = split_holdout(read_version(reference), params.data)
     report = measure_drift(training_rows, read_version(current), params.data, params.drift)
     retrain = should_retrain(report, params.drift)
@@ -63,7 +62,7 @@ def drift_monitor(
             current.md5,
             failed_gates=tuple(f"{f.feature}: {f.reason()}" for f in report.drifted),
             deploy="retraining requested" if retrain else None,
-            flow_run=flow_run.ui_url,
+            flow_run=flow_run_link(),
         ),
         params,
     )

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 
 from tasks.config import load_params
 from tasks.deploy import check_deployment, deploy_model
+from tasks.image import check_image
 from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import (
     begin_rollback,
@@ -18,8 +19,15 @@ from tasks.train import hold_training_lock, prepare_tracking
 
 
 @flow(name="rollback")
-def rollback(version: str | None = None, params_file: str = "params.yaml") -> RunOutcome:
+def rollback(
+    version: str | None = None,
+    params_file: str = "params.yaml",
+    reason: str = "",
+    actor: str = "",
+) -> RunOutcome:
     """Restore the previous champion, or ``version``, in the registry and in the cluster.
+
+    ``reason`` and ``actor`` (who asked) go to Slack and the model's history.
 
     The cluster is rolled out first and waited for; only when the old image serves does the
     alias move. If that rollout fails, the cluster is put back and the alias stays.
@@ -33,6 +41,7 @@ def rollback(version: str | None = None, params_file: str = "params.yaml") -> Ru
         plan = None
         try:
             plan = plan_rollback(params, version)
+            check_image(plan.target.image, params)  # the recorded digest, before any change
             begin_rollback(params, plan, check_deployment(params))
             deployed = deploy_model(plan.target, params)  # reverts the cluster if it fails
             switch_alias(params, plan)
@@ -64,6 +73,8 @@ def rollback(version: str | None = None, params_file: str = "params.yaml") -> Ru
         plan.target.run_id,
         deploy=deployed.summary(),
         flow_run=flow_run_link(),
+        error=reason or None,
+        actor=actor or None,
     )
     notify(outcome, params)
     return outcome

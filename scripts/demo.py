@@ -82,6 +82,7 @@ What it produced:
   Prefect flow runs and gate reports:                {state / "prefect"}
   Slack messages (no webhook set):                   {state / "outbox" / "slack.jsonl"}
   Kubernetes patches (dry run, no cluster):          {state / "deploy" / "dry-run.jsonl"}
+  Model images (OCI layout, built locally):          {state / "images"}
 
 Open the UIs on it:  make ui
   (MLflow at http://127.0.0.1:5000, Prefect at {ui.rsplit(":", 1)[0]}:4200)"""

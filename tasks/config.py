@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MetricName = Literal["roc_auc", "pr_auc", "f1", "accuracy", "log_loss", "brier"]
-IMAGE_TEMPLATE_FIELDS = frozenset({"model_name", "version", "run_id", "data_md5"})
 
 
 class ConfigError(ValueError):
@@ -66,22 +65,53 @@ class ProjectParams(_Section):
     state_dir: Path = Path(".ctflows")
 
 
+class TrainingWindow(_Section):
+    """The data versions one training run reads: by default the newest alone.
+
+    ``versions``: the last K distinct data versions of ``data.path`` up to ``data.rev``;
+    ``days``: the versions committed within D days before ``data.rev``'s commit. Both set: the
+    last K versions, none older than D days. Each version is read through DVC at its own commit.
+    """
+
+    versions: int | None = Field(None, ge=1, le=100)
+    days: float | None = Field(None, gt=0)
+
+    @property
+    def newest_only(self) -> bool:
+        return self.versions in (None, 1) and self.days is None
+
+
 class DataParams(_Section):
     repo: str = "."
     path: str = "data/batch.parquet"
     rev: str = "HEAD"
     label: str
-    id_column: str
-    timestamp_column: str
-    sensitive_column: str
+    id_column: str | None = None  # null: the holdout is split on a hash of the whole row
+    timestamp_column: str | None = None  # null: no column is kept out of the features as time
+    sensitive_column: str | None = None  # null: no fairness gates (said in the gate report)
     numeric_features: list[str] = Field(min_length=0)
     categorical_features: list[str] = Field(min_length=0)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 7
+    window: TrainingWindow = TrainingWindow()
 
     @property
     def features(self) -> list[str]:
         return [*self.numeric_features, *self.categorical_features]
+
+    def configured_columns(self) -> dict[str, str]:
+        """Every column params name, keyed by the params key that names it."""
+        named = {
+            "data.label": self.label,
+            "data.id_column": self.id_column,
+            "data.timestamp_column": self.timestamp_column,
+            "data.sensitive_column": self.sensitive_column,
+        }
+        columns = {key: column for key, column in named.items() if column is not None}
+        for key in ("numeric_features", "categorical_features"):
+            for i, column in enumerate(getattr(self, key)):
+                columns[f"data.{key}[{i}]"] = column
+        return columns
 
     @model_validator(mode="after")
     def _features_disjoint(self) -> DataParams:
@@ -90,9 +120,12 @@ class DataParams(_Section):
         both = set(self.numeric_features) & set(self.categorical_features)
         if both:
             raise ValueError(f"features listed as numeric and categorical: {sorted(both)}")
-        reserved = {self.label, self.id_column, self.timestamp_column} & set(self.features)
+        roles = [self.label, self.id_column, self.timestamp_column, self.sensitive_column]
+        reserved = {c for c in roles if c is not None} & set(self.features)
         if reserved:
-            raise ValueError(f"label, id or timestamp column used as a feature: {sorted(reserved)}")
+            raise ValueError(
+                f"label, id, timestamp or sensitive column used as a feature: {sorted(reserved)}"
+            )
         return self
 
 
@@ -153,7 +186,8 @@ class SizePolicy(_Section):
 
 class FairnessPolicy(_Section):
     enabled: bool = True
-    sensitive_column: str = "gender"
+    # filled from data.sensitive_column when params load (one source); None: no fairness gates
+    sensitive_column: str | None = None
     slice_columns: list[str] = Field(default_factory=list)
     min_slice_rows: int = Field(50, ge=1)
     max_slice_gap: float | None = Field(0.15, ge=0)
@@ -248,7 +282,7 @@ class DeployParams(_Section):
     namespace: str = "default"
     deployment: str
     container: str
-    image_template: str
+    image_template: str | None = None  # replaced by image.repository/image.tag (by digest)
     kubeconfig: Path | None = None
     context: str | None = None
 
@@ -275,18 +309,85 @@ class DeployParams(_Section):
 
     @field_validator("image_template")
     @classmethod
-    def _known_fields(cls, value: str) -> str:
+    def _replaced(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "images are now built by ctflows and deployed by digest: remove "
+                "deploy.image_template and set image.repository (and image.tag) instead"
+            )
+        return value
+
+
+IMAGE_TAG_FIELDS = frozenset({"model_name", "version", "run_id", "data_md5"})
+_PINNED = r"^[^/\s]+\.?[^/\s]*/[^@\s]+@sha256:[0-9a-f]{64}$"
+
+
+class ImageParams(_Section):
+    """The model image built per promoted version (stage `image`)."""
+
+    repository: str | None = None  # registry/path to push to; None: OCI layout in state_dir only
+    base: str | None = None  # serving base image, pinned by digest; None: model-only (modelcar)
+    platform: str = "linux/amd64"  # picked from a multi-architecture base
+    tag: str = "{model_name}-v{version}"
+    model_path: str = "/models"  # where the MLflow model directory lands in the image
+    source: str | None = None  # org.opencontainers.image.source
+    auth_backend: Literal["token", "basic"] = "token"
+    username_env: str = "CTFLOWS_REGISTRY_USERNAME"
+    password_env: str = "CTFLOWS_REGISTRY_PASSWORD"
+    timeout_seconds: float = Field(30.0, gt=0)
+    retries: int = Field(2, ge=0)
+
+    @field_validator("base")
+    @classmethod
+    def _pinned(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.match(_PINNED, value):
+            raise ValueError(
+                f"{value!r} is not pinned by digest: expected host/path@sha256:<64 hex> "
+                "(a tag can move; look the digest up with `skopeo inspect docker://<ref>`)"
+            )
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _bare_repository(cls, value: str | None) -> str | None:
+        if value is not None and ("@" in value or ":" in value.rsplit("/", 1)[-1]):
+            raise ValueError(
+                f"{value!r}: give the repository without tag or digest (the tag is image.tag)"
+            )
+        if value is not None and "/" not in value:
+            raise ValueError(f"{value!r}: expected host[:port]/path, e.g. ghcr.io/team/churn-model")
+        return value
+
+    @field_validator("platform")
+    @classmethod
+    def _os_arch(cls, value: str) -> str:
+        if value.count("/") not in (1, 2):
+            raise ValueError(f"expected os/arch[/variant] like linux/amd64, got {value!r}")
+        return value
+
+    @field_validator("model_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or value.rstrip("/") == "":
+            raise ValueError(f"expected an absolute directory like /models, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("tag")
+    @classmethod
+    def _tag_fields(cls, value: str) -> str:
         fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        unknown = fields - IMAGE_TEMPLATE_FIELDS
+        unknown = fields - IMAGE_TAG_FIELDS
         if unknown:
             raise ValueError(
-                f"unknown field(s) {sorted(unknown)}; allowed: {sorted(IMAGE_TEMPLATE_FIELDS)}"
+                f"unknown field(s) {sorted(unknown)}; allowed: {sorted(IMAGE_TAG_FIELDS)}"
             )
         if "version" not in fields:
-            raise ValueError("the template must contain {version} so each model gets its own image")
+            raise ValueError("the tag must contain {version} so each model gets its own tag")
         sample = value.format(model_name="m", version="1", run_id="r", data_md5="d")
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@]*$", sample):
-            raise ValueError(f"{value!r} does not render to an image reference")
+        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", sample):
+            raise ValueError(f"{value!r} does not render to an image tag ([A-Za-z0-9_.-])")
         return value
 
 
@@ -333,6 +434,8 @@ class WebhookParams(_Section):
     secret_block: str | None = "ctflows-webhook-secret"
     tolerance_seconds: int = Field(300, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1)
+    request_timeout_seconds: float = Field(10.0, gt=0)  # whole request: headers, body, answer
+    max_in_flight: int = Field(64, ge=1)  # connections served at once; more get 503
 
     _env = field_validator("secret_env")(classmethod(lambda cls, v: _env_name(v)))
     _block = field_validator("secret_block")(classmethod(lambda cls, v: _block_name(v)))
@@ -345,14 +448,19 @@ class TriggerParams(_Section):
     event: str = "ctflows.data.landed"
     webhook: WebhookParams = WebhookParams()
     poll_seconds: int = Field(1, ge=1)  # how often `make serve` looks for scheduled runs
+    repair_seconds: int = Field(60, ge=5)  # how often flow `repair` looks for a killed deploy
 
     _event = field_validator("event")(classmethod(lambda cls, v: _event_name(v)))
 
 
 class DriftParams(_Section):
     schedule: ScheduleParams = ScheduleParams(cron="0 6 * * *")
-    ks_pvalue: float = Field(0.001, gt=0, lt=1)
+    ks_pvalue: float = Field(0.001, gt=0, lt=1)  # after the multiple-testing correction
     chi2_pvalue: float = Field(0.001, gt=0, lt=1)
+    # over all features tested at once: holm (family-wise), bonferroni, bh (false discovery rate)
+    correction: Literal["holm", "bonferroni", "bh", "none"] = "holm"
+    min_ks_statistic: float = Field(0.05, ge=0, le=1)  # effect floor: KS distance D
+    min_cramers_v: float = Field(0.05, ge=0, le=1)  # effect floor: categorical shift
     psi_threshold: float = Field(0.2, gt=0)
     max_null_increase: float = Field(0.05, ge=0, le=1)
     min_drifted_features: int = Field(1, ge=1)
@@ -372,6 +480,88 @@ class TimeoutsParams(_Section):
     slack: float = Field(10.0, gt=0, le=600)  # one Slack post
 
 
+class ResourceParams(_Section):
+    """Kubernetes resource quantities for one flow-run Job (``500m``, ``2``, ``4Gi``)."""
+
+    cpu_request: str | None = "1"
+    cpu_limit: str | None = "2"
+    memory_request: str | None = "2Gi"
+    memory_limit: str | None = "4Gi"
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+(\.\d+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?", value):
+            raise ValueError(
+                f"expected a Kubernetes quantity like '500m', '2' or '4Gi', got {value!r}"
+            )
+        return value
+
+
+class WorkPoolParams(_Section):
+    """Where deployments run: `process` (`make serve`, a process worker) or Kubernetes Jobs."""
+
+    name: str = "ctflows-kubernetes"
+    image: str = "registry.example.com/ctflows-flow@sha256:" + "0" * 64
+    namespace: str = "ctflows"
+    service_account: str = "ctflows-deployer"
+    secrets: list[str] = Field(default_factory=lambda: ["ctflows-secrets"])
+    resources: ResourceParams = ResourceParams()
+    finished_job_ttl_seconds: int | None = Field(3600, ge=0)
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if "@sha256:" not in value:
+            raise ValueError(
+                f"expected an image pinned by digest (repository@sha256:<64 hex>), got {value!r}"
+            )
+        return value
+
+
+class LabelSourceParams(_Section):
+    """Where ground truth lands, later than the predictions: Parquet rows of id, label, time."""
+
+    url: str | None = None  # a Parquet file, folder or glob at any fsspec URL; null: no labels
+    id_column: str = "id"
+    label_column: str = "label"
+    time_column: str = "time"
+    key: str = "prediction_id"  # log column, or a field of the logged records (customer_id)
+
+
+class ShadowParams(_Section):
+    """The candidate replays the last logged production requests offline (gate `shadow`)."""
+
+    enabled: bool = True
+    rows: int = Field(5_000, ge=1)  # the last N logged predictions of the champion
+    min_rows: int = Field(500, ge=1)  # fewer logged: the gate is skipped, and says so
+    max_flip_rate: float | None = Field(0.1, ge=0, le=1)
+    max_score_psi: float | None = Field(0.25, ge=0)
+    max_p95_ms: float | None = Field(250.0, gt=0)  # at the batch sizes production sent
+    latency_repeats: int = Field(10, ge=1)
+    min_labelled_rows: int = Field(100, ge=1)  # for the paired metric comparison
+    tolerance: float = Field(0.002, ge=0)  # how far the gain's upper bound may be below 0
+
+
+class MonitorParams(_Section):
+    """Flow `production-monitor`: the inference log against the champion's training rows."""
+
+    schedule: ScheduleParams = ScheduleParams(cron="0 * * * *")
+    log_url: str | None = None  # null: <state_dir>/inference-log (the serving app's default)
+    window_hours: float = Field(24.0, gt=0)
+    min_rows: int = Field(200, ge=1)  # fewer predictions in the window: drift not judged
+    reference_rows: int = Field(50_000, ge=100)  # sample of the champion's training rows
+    score_psi_threshold: float = Field(0.2, gt=0)
+    score_ks_pvalue: float = Field(0.001, gt=0, lt=1)
+    max_metric_drop: float = Field(0.05, ge=0)  # holdout minus live, significant at alpha
+    min_labelled_rows: int = Field(100, ge=1)
+    resamples: int = Field(500, ge=50, le=100_000)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    seed: int = 0
+    labels: LabelSourceParams = LabelSourceParams()
+    shadow: ShadowParams = ShadowParams()
+
+
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     data: DataParams
@@ -382,12 +572,35 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     mlflow: MlflowParams = MlflowParams()
     deploy: DeployParams
+    image: ImageParams = ImageParams()
     notify: NotifyParams = NotifyParams()
     triggers: TriggerParams = TriggerParams()
     drift: DriftParams = DriftParams()
+    workpool: WorkPoolParams = WorkPoolParams()
+    monitor: MonitorParams = MonitorParams()
     timeouts: TimeoutsParams = TimeoutsParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_sensitive_column(cls, raw: Any) -> Any:
+        """``data.sensitive_column`` is the one source; the fairness gates read it from there."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+            return raw
+        gates = raw.get("gates") or {}
+        if not isinstance(gates, dict):
+            return raw
+        fairness = gates.get("fairness") or {}
+        if not isinstance(fairness, dict):
+            return raw
+        if "sensitive_column" in fairness:
+            raise ValueError(
+                "gates.fairness.sensitive_column is no longer read: set data.sensitive_column "
+                "(one source for the column kept out of the features and used by fairness gates)"
+            )
+        sensitive = raw["data"].get("sensitive_column")
+        return {**raw, "gates": {**gates, "fairness": {**fairness, "sensitive_column": sensitive}}}
 
     @property
     def state_dir(self) -> Path:
@@ -419,9 +632,7 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source} is invalid:\n{_format_error(exc)}") from exc
 
 
-def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
-    """Load and validate ``params.yaml``; relative paths in it are resolved against its folder."""
-    file = Path(path)
+def _read_mapping(file: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(file.read_text())
     except FileNotFoundError as exc:
@@ -430,8 +641,74 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{file} must hold a mapping of sections, found {type(raw).__name__}")
+    return raw
+
+
+# (section, key) of the values that are paths, made absolute against the file that sets them
+_PATH_KEYS: tuple[tuple[str, str], ...] = (
+    ("project", "state_dir"),
+    ("data", "repo"),
+    ("validate", "suite"),
+    ("deploy", "kubeconfig"),
+)
+
+
+def _absolute_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    out = dict(raw)
+    for section, key in _PATH_KEYS:
+        values = out.get(section)
+        if not isinstance(values, dict) or not isinstance(values.get(key), str):
+            continue
+        value = values[key]
+        if "://" in value or Path(value).is_absolute():
+            continue
+        out[section] = {**values, key: str(folder / value)}
+    return out
+
+
+def merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_sections(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_raw_params(file: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
+    """The mapping of ``file`` on top of the file its ``extends:`` key names (relative to it).
+
+    Returns the merged mapping and the folder of the first file of the chain (the project
+    root): paths left relative, such as defaults, resolve against it.
+    """
+    file = file.resolve()
+    if file in _chain:
+        raise ConfigError(
+            f"{file}: `extends` loops back to itself ({' -> '.join(map(str, _chain))})"
+        )
+    raw = _read_mapping(file)
+    parent = raw.pop("extends", None)
+    raw = _absolute_paths(raw, file.parent)
+    if parent is None:
+        return raw, file.parent
+    if not isinstance(parent, str):
+        raise ConfigError(f"{file}: extends must be the path of a params file, got {parent!r}")
+    base, root = read_raw_params(file.parent / parent, (*_chain, file))
+    return merge_sections(base, raw), root
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
+    """Load and validate ``params.yaml``; relative paths in it are resolved against its folder.
+
+    A file with ``extends: <path>`` holds only what differs from that file (one model of
+    several sharing the project's defaults); sections merge key by key.
+    """
+    file = Path(path)
+    raw, root = read_raw_params(file)
     params = parse_params(raw, str(file))
-    return _resolve_paths(params, file.resolve().parent)
+    return _resolve_paths(params, root)
 
 
 def _resolve_paths(params: Params, root: Path) -> Params:

@@ -1,21 +1,47 @@
-"""Stage `prepare` and `pull`: the synthetic churn batches and DVC-versioned data."""
+"""Stage `prepare` and `pull`: the synthetic churn batches and DVC-versioned data.
+
+Resolving and fetching versions through git and DVC lives in ``tasks.data_versions``; this
+module reads them, checks their columns against params and splits the holdout.
+"""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from tasks.config import DataParams, load_params
+from tasks.config import DataParams, Params, load_params
+from tasks.data_versions import (  # re-exported: the data stage's public names
+    DataError,
+    DataVersion,
+    MissingDataError,
+    fetch_version,
+    init_data_repo,
+    publish_batch,
+    resolve_version,
+)
+
+__all__ = [
+    "DataError",
+    "DataVersion",
+    "MissingColumnsError",
+    "MissingDataError",
+    "check_columns",
+    "fetch_version",
+    "init_data_repo",
+    "publish_batch",
+    "read_batch",
+    "read_version",
+    "resolve_version",
+    "split_holdout",
+]
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,25 +55,6 @@ INTERNET_SERVICES = ("dsl", "fiber", "none")
 REGIONS = ("north", "south", "east", "west", "central")
 PLAN_TIERS = ("basic", "standard", "premium")
 GENDERS = ("female", "male", "nonbinary")
-
-
-class DataError(RuntimeError):
-    """The requested data version cannot be found, fetched or read."""
-
-
-@dataclass(frozen=True)
-class DataVersion:
-    """One DVC-tracked file at one git revision; ``md5`` is its identity."""
-
-    repo: str
-    path: str
-    rev: str
-    md5: str
-    local_path: Path | None = None
-
-    @property
-    def short(self) -> str:
-        return self.md5[:10]
 
 
 def make_batch(day: int, rows: int, seed: int = 0, drift: float = 0.0) -> pd.DataFrame:
@@ -166,10 +173,15 @@ def _shift(probs: list[float], drift: float) -> list[float]:
 
 
 def split_holdout(df: pd.DataFrame, data: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Deterministic train/holdout split on a hash of the id column, stable across batches."""
+    """Deterministic train/holdout split, stable across batches and row order.
+
+    On a hash of ``data.id_column``, so a customer stays on one side; with no id column, on a
+    hash of the whole row (identical rows land on the same side).
+    """
     import pandas as pd
 
-    key = pd.util.hash_pandas_object(df[data.id_column], index=False, hash_key=_hash_key(data))
+    keyed = df[data.id_column] if data.id_column is not None else df
+    key = pd.util.hash_pandas_object(keyed, index=False, hash_key=_hash_key(data))
     cutoff = np.uint64(int(data.holdout_fraction * 2**64))
     is_holdout = key.to_numpy() < cutoff
     return df.loc[~is_holdout].reset_index(drop=True), df.loc[is_holdout].reset_index(drop=True)
@@ -194,131 +206,141 @@ def read_batch(path: Path) -> pd.DataFrame:
         ) from exc
 
 
+class MissingColumnsError(DataError):
+    """Columns that params name are not in the data: found before validation or training."""
+
+    def __init__(self, missing: dict[str, str], where: str, columns: list[str]) -> None:
+        self.missing = missing
+        named = ", ".join(f"{key} = {column!r}" for key, column in missing.items())
+        shown = ", ".join(columns[:40]) + (" ..." if len(columns) > 40 else "")
+        super().__init__(
+            f"{where} lacks the column(s) params.yaml names: {named}. The data has: {shown}. "
+            "Fix those keys in params.yaml (id, timestamp and sensitive columns may be null)."
+        )
+
+
+def required_columns(params: Params) -> dict[str, str]:
+    """Every column the run will read, keyed by the params key naming it."""
+    columns = params.data.configured_columns()
+    fairness = params.gates.fairness
+    if fairness.enabled and fairness.sensitive_column is not None:
+        for i, column in enumerate(fairness.slice_columns):
+            columns[f"gates.fairness.slice_columns[{i}]"] = column
+    return columns
+
+
+def check_columns(columns: list[str], params: Params, where: str = "the data") -> None:
+    """Raise MissingColumnsError naming every params key whose column ``columns`` lacks."""
+    present = set(columns)
+    missing = {key: col for key, col in required_columns(params).items() if col not in present}
+    if missing:
+        raise MissingColumnsError(missing, where, list(columns))
+
+
+def batch_columns(path: Path) -> list[str]:
+    """Column names from the Parquet footer, without reading the data."""
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise DataError(f"data file {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+
+
 @functools.lru_cache(maxsize=2)
 def read_version(version: DataVersion) -> pd.DataFrame:
-    """The pulled batch of ``version``, read once per process and shared by the stages.
+    """The pulled rows of ``version``'s training window (oldest version first), read once per
+    process and shared by the stages.
 
     Safe to share because DVC objects are content-addressed: the md5 pins the bytes.
     Callers must not modify the frame in place.
     """
-    if version.local_path is None:
-        raise DataError(f"{version.path}@{version.rev[:10]} has not been pulled yet")
-    return read_batch(version.local_path)
+    import pandas as pd
+
+    frames = []
+    for member in reversed(version.window):
+        if member.local_path is None:
+            raise DataError(f"{member.describe()} has not been pulled yet")
+        frames.append(read_batch(member.local_path))
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True)
 
 
-def _git(repo: str, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise DataError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
-    return proc.stdout
+def lineage_tags(version: DataVersion) -> dict[str, str]:
+    """MLflow tags naming the data a run trained on: the newest version and every one used."""
+    used = [{"rev": v.rev, "md5": v.md5} for v in version.window]
+    return {
+        "ct.data_md5": version.md5,
+        "ct.data_repo": version.repo,
+        "ct.data_path": version.path,
+        "ct.data_rev": version.rev,
+        "ct.data_window": str(len(used)),
+        "ct.data_versions": json.dumps(used, separators=(",", ":"))[:5000],
+    }
 
 
-def resolve_version(repo: str, path: str, rev: str) -> DataVersion:
-    """Find the DVC md5 of ``path`` at git revision ``rev`` without fetching any data.
-
-    Reads ``<path>.dvc`` or, for a pipeline output, ``dvc.lock`` at that revision.
-    """
-    commit = _git(repo, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
+def _retry_unless_missing(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a pull on transient errors, never when the data is in no cache or remote."""
     try:
-        meta = yaml.safe_load(_git(repo, "show", f"{commit}:{path}.dvc"))
-        outs = meta.get("outs", []) if isinstance(meta, dict) else []
-    except DataError:
-        outs = _lock_outs(repo, commit)
-    for out in outs:
-        if Path(out.get("path", "")).name == Path(path).name or out.get("path") == path:
-            md5 = out.get("md5")
-            if md5:
-                return DataVersion(repo=repo, path=path, rev=commit, md5=str(md5))
-    raise DataError(
-        f"{path} is not tracked by DVC at {rev} ({commit[:10]}) in {repo}: "
-        f"expected {path}.dvc or a dvc.lock output; run `dvc add {path}` and commit"
-    )
-
-
-def _lock_outs(repo: str, commit: str) -> list[dict[str, object]]:
-    try:
-        lock = yaml.safe_load(_git(repo, "show", f"{commit}:dvc.lock")) or {}
-    except DataError:
-        return []
-    return [out for stage in lock.get("stages", {}).values() for out in stage.get("outs", [])]
-
-
-def fetch_version(version: DataVersion) -> DataVersion:
-    """``dvc fetch`` the object of ``version`` into the repository's cache and return its path."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    try:
-        with Repo(version.repo) as repo:
-            cached = Path(repo.cache.local.oid_to_path(version.md5))
-            if not cached.exists():
-                repo.fetch(targets=[version.path], revs=[version.rev], workspace=False)
-    except DvcException as exc:
-        raise DataError(f"dvc fetch of {version.path}@{version.rev[:10]} failed: {exc}") from exc
-    if not cached.exists():
-        raise DataError(
-            f"DVC object {version.md5} for {version.path}@{version.rev[:10]} is in no remote: "
-            "run `dvc push` where the data was produced"
-        )
-    return DataVersion(version.repo, version.path, version.rev, version.md5, cached)
-
-
-def init_data_repo(repo: Path, remote: Path) -> None:
-    """A git+DVC repository whose default DVC remote is the local directory ``remote``."""
-    repo.mkdir(parents=True, exist_ok=True)
-    if not (repo / ".git").exists():
-        _run(repo, "git", "init", "-q", "-b", "main")
-        _run(repo, "git", "config", "user.email", "ctflows@localhost")
-        _run(repo, "git", "config", "user.name", "ctflows")
-    if not (repo / ".dvc").exists():
-        _run(repo, "dvc", "init", "-q")
-        _run(repo, "dvc", "config", "core.autostage", "true")
-        _run(repo, "dvc", "remote", "add", "-d", "-f", "local", str(remote.resolve()))
-        _run(repo, "git", "commit", "-q", "-m", "Initialize DVC")
-
-
-def publish_batch(repo: Path, df: pd.DataFrame, path: str, message: str) -> str:
-    """Write ``df`` at ``path``, ``dvc add`` + commit + ``dvc push`` it; return the commit."""
-    target = repo / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(target, index=False)
-    _run(repo, "dvc", "add", "-q", path)
-    _run(repo, "git", "add", f"{path}.dvc")
-    _run(repo, "git", "commit", "-q", "-m", message)
-    _run(repo, "dvc", "push", "-q", path)
-    return _git(str(repo), "rev-parse", "HEAD").strip()
-
-
-def _run(cwd: Path, *cmd: str) -> None:
-    import shutil
-    import sys
-
-    exe = cmd[0]
-    if exe == "dvc":  # the dvc of this interpreter's environment, even when not on PATH
-        found = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
-        cmd = (found, *cmd[1:])
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise DataError(f"{' '.join(cmd)} failed in {cwd}: {proc.stderr.strip()[-500:]}")
+        state.result()
+    except (MissingDataError, MissingColumnsError):
+        return False
+    except Exception:
+        return True
+    return True
 
 
 @task(name="resolve-data", cache_policy=NONE)
-def resolve_data(repo: str, path: str, rev: str, expected_md5: str | None = None) -> DataVersion:
-    """The data's identity (DVC md5) at ``rev``, read from git without fetching the data."""
-    version = resolve_version(repo, path, rev)
+def resolve_data(
+    repo: str,
+    path: str,
+    rev: str,
+    expected_md5: str | None = None,
+    data: DataParams | None = None,
+) -> DataVersion:
+    """The data's identity (DVC md5) at ``rev`` and, with ``data.window``, of the older versions
+    in the training window, read from git (or through DVC for a URL) without fetching data."""
+    version = resolve_version(repo, path, rev, data.window if data else None)
     if expected_md5 and expected_md5 != "None" and expected_md5 != version.md5:
         raise DataError(
             f"{path}@{rev} holds md5 {version.md5}, not the {expected_md5} the caller announced"
         )
-    get_run_logger().info("%s@%s is md5=%s", path, version.rev[:10], version.md5)
+    logger = get_run_logger()
+    logger.info("%s@%s is md5=%s", path, version.rev[:10], version.md5)
+    if version.history:
+        logger.info(
+            "training window: %d versions, %s",
+            len(version.window),
+            ", ".join(f"{v.rev[:10]}:{v.short}" for v in version.window),
+        )
     return version
 
 
-@task(name="pull-data", retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def pull_data(version: DataVersion) -> DataVersion:
-    """Pull the version's object from the DVC remote into the local cache."""
-    pulled = fetch_version(version)
-    get_run_logger().info("pulled md5=%s to %s", pulled.md5, pulled.local_path)
+@task(
+    name="pull-data",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retry_unless_missing,
+    cache_policy=NONE,
+)
+def pull_data(version: DataVersion, params: Params | None = None) -> DataVersion:
+    """Pull every version of the window into a local cache and check its columns."""
+    pulled = pull_version(version, params)
+    logger = get_run_logger()
+    for member in pulled.window:
+        logger.info("pulled md5=%s to %s", member.md5, member.local_path)
+    return pulled
+
+
+def pull_version(version: DataVersion, params: Params | None = None) -> DataVersion:
+    """Fetch every version of the window from the DVC remote and, given params, check that
+    each has the columns params name, before anything reads the rows."""
+    cache_dir = params.state_dir / "dvc-cache" if params is not None else None
+    pulled = fetch_version(version, cache_dir)
+    for member in pulled.window:
+        if params is not None and member.local_path is not None:
+            check_columns(batch_columns(member.local_path), params, member.describe())
     return pulled
 
 

@@ -51,21 +51,32 @@ class RolloutFailed(DeployError):
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What a serving image holds: rendered into the image tag and the pod annotations."""
+    """What a model image holds, and the image: written into the pod template's annotations.
+
+    ``image`` is ``repository@sha256:<digest>`` (or ``oci:<layout>@sha256:...`` when built
+    locally, for the dry-run record); the Deployment never gets a mutable tag.
+    """
 
     model_name: str
     version: str
     run_id: str
     data_md5: str
+    image: str = ""
+    image_digest: str = ""
+    image_kind: str = ""
 
     def annotations(self) -> dict[str, str]:
-        return dict(
+        notes = dict(
             zip(
                 IDENTITY_KEYS,
                 (self.model_name, self.version, self.run_id, self.data_md5),
                 strict=True,
             )
         )
+        if self.image_digest:
+            notes[f"{ANNOTATION_PREFIX}image-digest"] = self.image_digest
+            notes[f"{ANNOTATION_PREFIX}image-kind"] = self.image_kind
+        return notes
 
 
 @dataclass(frozen=True)
@@ -100,16 +111,23 @@ class DeployResult:
         if self.deployed:
             via = f" after canary {self.canary}" if self.canary else ""
             return f"{where} now runs {self.image} (was {self.previous_image}){via}"
-        return f"dry run, nothing deployed: would set {where} to {self.image}"
+        local = " (built locally, not pushed)" if self.image.startswith("oci:") else ""
+        return f"dry run, nothing deployed: would set {where} to {self.image}{local}"
 
 
-def render_image(template: str, identity: ModelIdentity) -> str:
-    return template.format(
-        model_name=identity.model_name,
-        version=identity.version,
-        run_id=identity.run_id,
-        data_md5=identity.data_md5[:12],
-    )
+def image_reference(identity: ModelIdentity, mode: Mode) -> str:
+    """The by-digest reference to deploy; DeployError when there is none a cluster can pull."""
+    if not identity.image or "@sha256:" not in identity.image:
+        raise DeployError(
+            f"{identity.model_name} v{identity.version} has no image built by digest (MLflow "
+            "version tag ct.image); rebuild it with the continuous-training flow"
+        )
+    if mode == "cluster" and identity.image.startswith("oci:"):
+        raise DeployError(
+            f"{identity.model_name} v{identity.version}'s image was built locally, not pushed "
+            f"({identity.image}); a cluster cannot pull it: set image.repository"
+        )
+    return identity.image
 
 
 def template_patch(
@@ -411,15 +429,19 @@ def deploy_model(identity: ModelIdentity, params: Params) -> DeployResult:
     """Roll the model's image out and wait for it, or record the patch without a cluster."""
     logger = get_run_logger()
     deploy = params.deploy
-    target = PodTemplate(render_image(deploy.image_template, identity), identity.annotations())
+    mode = resolve_mode(deploy)
+    target = PodTemplate(image_reference(identity, mode), identity.annotations())
     patch = template_patch(deploy.container, target)
-    if resolve_mode(deploy) == "dry-run":
+    if mode == "dry-run":
         record = record_dry_run(
             params.state_dir,
             {
                 "namespace": deploy.namespace,
                 "deployments": targets(deploy),
                 "image": target.image,
+                "image_digest": identity.image_digest,
+                "image_kind": identity.image_kind,
+                "pushed": not target.image.startswith("oci:"),
                 "patch": patch,
             },
         )

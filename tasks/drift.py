@@ -4,12 +4,18 @@ Numeric features: Kolmogorov-Smirnov (scipy) and the population stability index 
 reference's quantile bins. Categorical features: chi-square on the category counts (scipy) and
 PSI over categories. New categories, empty batches, constant and all-null columns are reported,
 never a crash.
+
+Every feature is tested at once, so the p-values are corrected for multiple testing (Holm by
+default: the chance that any feature is flagged by chance stays under the threshold), and a
+significant test counts as drift only when the shift is large enough to matter: KS distance D
+or Cramér's V past a floor. On a million rows a shift of 0.01 standard deviations is
+"significant" and still not drift.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -37,6 +43,8 @@ class FeatureDrift:
     statistic: float | None  # KS D or chi-square
     p_value: float | None
     notes: tuple[str, ...] = ()
+    effect: float | None = None  # KS D or Cramér's V: how large the shift is
+    p_adjusted: float | None = None  # p_value corrected for the number of features tested
 
     def reason(self) -> str:
         parts = []
@@ -44,7 +52,10 @@ class FeatureDrift:
             parts.append(f"PSI {self.psi:.3f}")
         if self.p_value is not None:
             test = "KS" if self.kind == "numeric" else "chi2"
-            parts.append(f"{test} p={self.p_value:.2g}")
+            adjusted = f" (corrected {self.p_adjusted:.2g})" if self.p_adjusted is not None else ""
+            parts.append(f"{test} p={self.p_value:.2g}{adjusted}")
+        if self.effect is not None:
+            parts.append(f"{'D' if self.kind == 'numeric' else 'V'}={self.effect:.3f}")
         return ", ".join([*parts, *self.notes]) or "no statistic"
 
 
@@ -64,7 +75,7 @@ class DriftReport:
         for f in self.features:
             row = asdict(f)
             row["notes"] = "; ".join(f.notes)
-            for key in ("psi", "statistic", "p_value"):
+            for key in ("psi", "statistic", "p_value", "effect", "p_adjusted"):
                 if row[key] is not None:
                     row[key] = round(float(row[key]), 5)
             rows.append(row)
@@ -131,10 +142,9 @@ def numeric_drift(name: str, ref: pd.Series, cur: pd.Series, policy: DriftParams
     value = _psi_sorted(r, c)
     d, p_value = ks_sorted(r, c)
     same_constant = np.ptp(c) == 0 and np.ptp(r) == 0 and c[0] == r[0]
-    drifted = bool(value > policy.psi_threshold or p_value < policy.ks_pvalue or notes)
-    return FeatureDrift(
-        name, "numeric", drifted and not same_constant, value, d, p_value, tuple(notes)
-    )
+    flagged = bool(value > policy.psi_threshold or notes) and not same_constant
+    # the KS test joins the decision once corrected for all features (see apply_tests)
+    return FeatureDrift(name, "numeric", flagged, value, d, p_value, tuple(notes), effect=d)
 
 
 def categorical_drift(
@@ -158,6 +168,7 @@ def categorical_drift(
     value = _psi(r, c)
     p_value: float | None = None
     statistic: float | None = None
+    effect: float | None = None
     table = np.vstack([r, c])
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] >= 2:
@@ -165,13 +176,11 @@ def categorical_drift(
 
         chi2 = stats.chi2_contingency(table)
         statistic, p_value = float(chi2.statistic), float(chi2.pvalue)
-    drifted = bool(
-        value > policy.psi_threshold
-        or (p_value is not None and p_value < policy.chi2_pvalue)
-        or new
-        or "all null in current" in notes
+        effect = float(np.sqrt(statistic / table.sum()))  # Cramér's V of a 2 x k table
+    flagged = bool(value > policy.psi_threshold or new or "all null in current" in notes)
+    return FeatureDrift(
+        name, "categorical", flagged, value, statistic, p_value, tuple(notes), effect=effect
     )
-    return FeatureDrift(name, "categorical", drifted, value, statistic, p_value, tuple(notes))
 
 
 def _category_counts(values: pd.Series) -> pd.Series:
@@ -210,7 +219,52 @@ def detect_drift(
             features.append(categorical_drift(name, reference[name], current[name], policy))
         else:
             features.append(numeric_drift(name, reference[name], current[name], policy))
-    return DriftReport(len(reference), len(current), tuple(features), tuple(notes))
+    return DriftReport(len(reference), len(current), apply_tests(features, policy), tuple(notes))
+
+
+def adjust_pvalues(p_values: np.ndarray, method: str) -> np.ndarray:
+    """P-values corrected for testing them all at once: ``holm`` (step-down, family-wise error),
+    ``bonferroni``, ``bh`` (Benjamini-Hochberg, false discovery rate) or ``none``."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    if m == 0 or method == "none":
+        return p.copy()
+    if method == "bonferroni":
+        return np.minimum(p * m, 1.0)
+    order = np.argsort(p, kind="stable")
+    ranked = p[order]
+    if method == "holm":
+        adjusted = np.maximum.accumulate((m - np.arange(m)) * ranked)
+    elif method == "bh":
+        adjusted = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
+    else:
+        raise ValueError(f"unknown correction {method!r}: holm, bonferroni, bh or none")
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def apply_tests(features: list[FeatureDrift], policy: DriftParams) -> tuple[FeatureDrift, ...]:
+    """Add the corrected significance tests to each feature's decision.
+
+    A feature drifted when its PSI or notes say so, or when its test is significant after the
+    correction *and* its effect (KS D, Cramér's V) is past the floor in params.
+    """
+    tested = [i for i, f in enumerate(features) if f.p_value is not None]
+    raw = np.array([features[i].p_value for i in tested], dtype=float)
+    adjusted = dict(zip(tested, adjust_pvalues(raw, policy.correction), strict=True))
+    out = []
+    for i, f in enumerate(features):
+        if i not in adjusted:
+            out.append(f)
+            continue
+        numeric = f.kind == "numeric"
+        alpha = policy.ks_pvalue if numeric else policy.chi2_pvalue
+        floor = policy.min_ks_statistic if numeric else policy.min_cramers_v
+        material = f.effect is not None and f.effect >= floor
+        drifted = f.drifted or (bool(adjusted[i] < alpha) and material)
+        out.append(replace(f, drifted=drifted, p_adjusted=float(adjusted[i])))
+    return tuple(out)
 
 
 def _kind(name: str, data: DataParams) -> Kind:

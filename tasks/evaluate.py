@@ -644,6 +644,9 @@ def _fairness_gates(
     rule, metric = policy.fairness, policy.primary_metric
     if not rule.enabled:
         return {}, [Gate("fairness", "skipped", "disabled in params")]
+    if rule.sensitive_column is None:
+        why = "fairness skipped: no sensitive column (data.sensitive_column is null)"
+        return {}, [Gate("fairness", "skipped", why)]
     columns = list(dict.fromkeys([rule.sensitive_column, *rule.slice_columns]))
     missing = [c for c in columns if c not in holdout.columns]
     if missing:

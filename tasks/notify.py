@@ -14,6 +14,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.config import NotifyParams, Params
+from tasks.ledger import KINDS_RECORDED, record_decision
 
 if TYPE_CHECKING:
     from tasks.evaluate import GateReport
@@ -30,6 +31,7 @@ Kind = Literal[
     "no-drift",
     "recovered",
     "rolled-back",
+    "frozen",
 ]
 EMOJI = {
     "promoted": ":rocket:",
@@ -41,6 +43,7 @@ EMOJI = {
     "no-drift": ":white_check_mark:",
     "recovered": ":adhesive_bandage:",
     "rolled-back": ":rewind:",
+    "frozen": ":ice_cube:",
 }
 
 
@@ -63,6 +66,7 @@ class RunOutcome:
     deploy: str | None = None
     flow_run: str | None = None
     report: str | None = None
+    actor: str | None = None  # who acted, for operator actions (promote, rollback by hand)
 
     def with_report(self, report: GateReport) -> RunOutcome:
         """This outcome with the primary metric of both models and the failed gates."""
@@ -120,6 +124,7 @@ def build_message(outcome: RunOutcome) -> Message:
         "no-drift": f"{outcome.model_name}: no data drift",
         "recovered": f"{outcome.model_name}: recovered from an interrupted promotion",
         "rolled-back": f"{outcome.model_name} rolled back to v{outcome.version}",
+        "frozen": f"{outcome.model_name} candidate passed the gates; promotions are frozen",
     }[outcome.kind]
     text = f"{EMOJI[outcome.kind]} {title}"
     facts = [f"*Data md5*\n`{outcome.data_md5 or '-'}`"]
@@ -133,6 +138,8 @@ def build_message(outcome: RunOutcome) -> Message:
         facts.append(f"*MLflow run*\n`{outcome.run_id}`")
     if outcome.deploy:
         facts.append(f"*Deploy*\n{outcome.deploy}")
+    if outcome.actor:
+        facts.append(f"*By*\n{outcome.actor}")
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in facts[:10]]},
@@ -278,4 +285,11 @@ def notify(outcome: RunOutcome, params: Params) -> Delivery:
     )
     log_fn = logger.info if delivery.delivered else logger.warning
     log_fn("notification (%s): %s — %s", delivery.channel, message.text, delivery.detail)
+    if outcome.kind in KINDS_RECORDED and not (
+        outcome.kind == "failed" and outcome.step == "setup"
+    ):
+        try:  # the model's history (`ctflows history`); a failed setup had no store to write to
+            record_decision(outcome, params)
+        except Exception as exc:  # the decision stands; only its history line is missing
+            logger.warning("could not record the decision in the MLflow ledger: %s", exc)
     return delivery

@@ -35,10 +35,21 @@ class Promotion:
     previous_version: str | None
     run_id: str
     data_md5: str
+    image: str = ""
+    image_digest: str = ""
+    image_kind: str = ""
 
     @property
     def identity(self) -> ModelIdentity:
-        return ModelIdentity(self.model_name, self.version, self.run_id, self.data_md5)
+        return ModelIdentity(
+            self.model_name,
+            self.version,
+            self.run_id,
+            self.data_md5,
+            self.image,
+            self.image_digest,
+            self.image_kind,
+        )
 
 
 JOURNAL_TAG = "ct.pending"
@@ -142,7 +153,13 @@ def version_identity(model_name: str, version: str) -> ModelIdentity:
     except MlflowException as exc:
         raise TrackingError(f"{model_name} has no version {version!r}: {exc}") from exc
     return ModelIdentity(
-        model_name, str(mv.version), str(mv.run_id), mv.tags.get("ct.data_md5", "")
+        model_name,
+        str(mv.version),
+        str(mv.run_id),
+        mv.tags.get("ct.data_md5", ""),
+        mv.tags.get("ct.image", ""),  # recorded by tasks.image: redeployed without a rebuild
+        mv.tags.get("ct.image_digest", ""),
+        mv.tags.get("ct.image_kind", ""),
     )
 
 
@@ -178,26 +195,48 @@ def load_champion(model_name: str, alias: str) -> Champion | None:
     return Champion(_loaded[key], version, run_id)
 
 
-def register_and_promote(
-    trained: TrainedModel, params: Params, templates: dict[str, PodTemplate]
-) -> Promotion:
-    """Register the candidate and point the alias at it; the old version is kept in tags,
-    and a journal of what runs now is written first, for recovery after a crash."""
+def register_version(trained: TrainedModel, params: Params) -> str:
+    """Register the candidate as a new version (no alias yet), so its image can be built."""
     import mlflow
+
+    name = params.registry.model_name
+    mv = mlflow.register_model(trained.model_uri, name, await_registration_for=0)
+    return str(mv.version)
+
+
+def register_and_promote(
+    trained: TrainedModel,
+    params: Params,
+    templates: dict[str, PodTemplate],
+    registered: str | None = None,
+) -> Promotion:
+    """Register the candidate (unless ``registered``) and point the alias at it; the old
+    version is kept in tags, and a journal of what runs now is written first, for recovery
+    after a crash."""
     from mlflow.tracking import MlflowClient
 
     name, alias = params.registry.model_name, params.registry.alias
     previous = current_champion_version(name, alias)
     client = MlflowClient()
-    mv = mlflow.register_model(trained.model_uri, name, await_registration_for=0)
-    version = str(mv.version)
+    version = registered or register_version(trained, params)
     client.set_model_version_tag(name, version, "ct.data_md5", trained.data_md5)
     client.set_model_version_tag(name, version, "ct.previous_champion", previous or "")
     write_journal(name, version, previous, templates)
     client.set_registered_model_alias(name, alias, version)
     client.set_registered_model_tag(name, "ct.previous_champion", previous or "")
     client.set_tag(trained.run_id, "ct.model_version", version)
-    return Promotion(name, alias, version, previous, trained.run_id, trained.data_md5)
+    built = version_identity(name, version)
+    return Promotion(
+        name,
+        alias,
+        version,
+        previous,
+        trained.run_id,
+        trained.data_md5,
+        built.image,
+        built.image_digest,
+        built.image_kind,
+    )
 
 
 def record_rollback(promotion: Promotion, reason: str) -> None:
@@ -264,6 +303,20 @@ def recover(params: Params) -> str | None:
     )
 
 
+@task(name="register-candidate", cache_policy=NONE)
+def register_candidate(trained: TrainedModel, params: Params) -> str:
+    """The gates passed: register the version its image is built for; the alias stays."""
+    version = register_version(trained, params)
+    get_run_logger().info(
+        "registered %s v%s (run %s); @%s unchanged until its image is in the registry",
+        params.registry.model_name,
+        version,
+        trained.run_id,
+        params.registry.alias,
+    )
+    return version
+
+
 def still_decided(previous: PreviousRun, champion: str | None) -> bool:
     """Whether an earlier completed run on the same data, params and code still decides now.
 
@@ -277,10 +330,13 @@ def still_decided(previous: PreviousRun, champion: str | None) -> bool:
 
 @task(name="promote-model", cache_policy=NONE)
 def promote_model(
-    trained: TrainedModel, params: Params, templates: dict[str, PodTemplate]
+    trained: TrainedModel,
+    params: Params,
+    templates: dict[str, PodTemplate],
+    registered: str | None = None,
 ) -> Promotion:
     logger = get_run_logger()
-    promotion = register_and_promote(trained, params, templates)
+    promotion = register_and_promote(trained, params, templates, registered)
     logger.info(
         "promoted %s v%s to @%s (previous %s) md5=%s run_id=%s",
         promotion.model_name,

@@ -65,12 +65,12 @@ def training_lock(params: Params) -> str:
 
 
 @contextlib.contextmanager
-def hold_training_lock(params: Params) -> Iterator[None]:
+def hold_training_lock(params: Params, wait_seconds: float | None = None) -> Iterator[None]:
     """Hold the model's one training slot: runs of the same model never overlap.
 
-    Creates the limit (1 slot) on first use; a second run waits for the first to finish.
-    The slot is a lease renewed while the run lives: after a crash (kill -9) it frees itself
-    within ``LEASE_SECONDS``.
+    Creates the limit (1 slot) on first use; a second run waits for the first to finish
+    (at most ``wait_seconds``, then TimeoutError). The slot is a lease renewed while the run
+    lives: after a crash (kill -9) it frees itself within ``LEASE_SECONDS``.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -86,7 +86,9 @@ def hold_training_lock(params: Params) -> Iterator[None]:
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=name, limit=1)
                 )
-    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS):
+    with concurrency(
+        name, occupy=1, strict=True, lease_duration=LEASE_SECONDS, timeout_seconds=wait_seconds
+    ):
         yield
 
 

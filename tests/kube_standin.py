@@ -6,9 +6,13 @@ serves the apps/v1 Deployment API on 127.0.0.1 (discovery, get, list, watch, str
 merge and JSON patch, status), writes a kubeconfig for it, and starts with the Deployments of
 ``deployments/k8s/``. It plays the Deployment controller: a template change bumps
 ``metadata.generation``, and the new pods become ready after ``--ready-delay`` seconds, except
-for an image whose tag ends in ``-unready``, which never does, so the ``Progressing`` condition
-ends with ``ProgressDeadlineExceeded``. Faults (500, 409, slow answers) can be injected at
-``POST /standin/faults`` (``{"method", "path", "status", "delay", "count", "skip"}``);
+for an image whose tag ends in ``-unready`` or that matches a rule posted to
+``/standin/unready`` (``{"match": "<image substring>" | "<annotation>=<value>"}``), which never
+does, so the ``Progressing`` condition ends with ``ProgressDeadlineExceeded``. Given a registry
+(``--registry host:port``), an image on it must be there to be pulled, as a kubelet needs:
+a manifest the registry does not have stays in ImagePullBackOff. Faults (500, 409, slow
+answers) can be injected at ``POST /standin/faults``
+(``{"method", "path", "status", "delay", "count", "skip"}``);
 ``GET /standin/requests`` lists what was asked.
 """
 
@@ -21,6 +25,7 @@ import json
 import re
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -137,7 +142,10 @@ def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
 class Cluster:
     """Deployments in memory, with a controller thread that rolls pods."""
 
-    def __init__(self, ready_delay: float = 0.5) -> None:
+    def __init__(self, ready_delay: float = 0.5, registry: str | None = None) -> None:
+        self.registry = registry
+        self.pullable: set[str] = set()
+        self.unready: list[str] = []
         self.lock = threading.Condition()
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.ready_at: dict[tuple[str, str], float] = {}
@@ -212,6 +220,33 @@ class Cluster:
             return copy.deepcopy(updated)
 
     # -- controller ----------------------------------------------------------------------------
+    @staticmethod
+    def _matches(rule: str, images: list[str], notes: dict[str, str]) -> bool:
+        key, eq, value = rule.partition("=")
+        if eq and notes.get(key) == value:
+            return True
+        return any(rule in img for img in images)
+
+    def _pullable(self, image: str) -> bool:
+        """An image on the stand-in's registry must exist there (HEAD its manifest)."""
+        if not self.registry or not image.startswith(self.registry + "/"):
+            return True
+        if image in self.pullable:
+            return True
+        rest = image[len(self.registry) + 1 :]
+        path, ref = rest.split("@", 1) if "@" in rest else (*rest.split(":", 1), "latest")[:2]
+        req = urllib.request.Request(
+            f"http://{self.registry}/v2/{path}/manifests/{ref}",
+            method="HEAD",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=2):
+                self.pullable.add(image)
+                return True
+        except OSError:
+            return False
+
     def _start_rollout(self, key: tuple[str, str]) -> None:
         self.ready_at[key] = time.monotonic() + self.ready_delay
         self.progress_started[key] = time.monotonic()
@@ -227,7 +262,11 @@ class Cluster:
         spec, status, meta = obj["spec"], obj.get("status", {}), obj["metadata"]
         replicas = int(spec.get("replicas", 1))
         images = [c.get("image", "") for c in spec["template"]["spec"].get("containers", [])]
-        unready = any(img.endswith("-unready") for img in images)
+        notes = (spec["template"].get("metadata") or {}).get("annotations") or {}
+        unready = any(img.endswith("-unready") for img in images) or any(
+            self._matches(rule, images, notes) for rule in self.unready
+        )
+        unready = unready or not all(self._pullable(img) for img in images)
         ready = time.monotonic() >= self.ready_at.get(key, 0) and not unready
         deadline = float(spec.get("progressDeadlineSeconds", 600))
         elapsed = time.monotonic() - self.progress_started.get(key, time.monotonic())
@@ -560,6 +599,10 @@ def make_handler(cluster: Cluster) -> type[BaseHTTPRequestHandler]:
                 with cluster.lock:
                     cluster.faults.clear()
                 return self._send(200, {"faults": []})
+            if path == "/standin/unready" and method == "POST":
+                with cluster.lock:
+                    cluster.unready.append(str((body or {})["match"]))
+                return self._send(200, {"unready": cluster.unready})
             if path == "/standin/requests":
                 with cluster.lock:
                     return self._send(200, {"requests": cluster.requests})
@@ -619,8 +662,9 @@ class Standin:
         port: int = 0,
         ready_delay: float = 0.3,
         manifests: Path | None = ROOT / "deployments" / "k8s",
+        registry: str | None = None,
     ) -> None:
-        self.cluster = Cluster(ready_delay)
+        self.cluster = Cluster(ready_delay, registry)
         self.server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(self.cluster))
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
@@ -650,8 +694,11 @@ def main(argv: list[str] | None = None) -> None:
         "--ready-delay", type=float, default=0.5, help="seconds until pods are ready"
     )
     parser.add_argument("--manifests", type=Path, default=ROOT / "deployments" / "k8s")
+    parser.add_argument("--registry", help="host:port whose images must exist to be pulled")
     args = parser.parse_args(argv)
-    with Standin(args.kubeconfig, args.port, args.ready_delay, args.manifests) as standin:
+    with Standin(
+        args.kubeconfig, args.port, args.ready_delay, args.manifests, args.registry
+    ) as standin:
         print(f"Kubernetes API stand-in on {standin.url}; kubeconfig {args.kubeconfig}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

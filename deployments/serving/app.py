@@ -7,6 +7,9 @@
   built from its signature (readiness); 503 with the reason until then.
 - ``POST /predict``: ``{"records": [{feature: value, ...}, ...]}`` -> ``{"scores": [...]}``.
 - ``GET /model``: the model's identity (from the pod's ctflows.io annotations via env).
+- ``GET /metrics``: Prometheus text: requests, latency, logged and dropped log records.
+
+Every prediction goes to the inference log (``deployments/serving/inference_log.py``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,18 @@ import os
 import threading
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Header, HTTPException
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+
+from deployments.serving.inference_log import (
+    LogConfig,
+    Sink,
+    closing_lifespan,
+    new_request_id,
+    open_inference_log,
+    tracked,
+)
 
 log = logging.getLogger("ctflows.serving")
 
@@ -66,10 +78,17 @@ class ModelHolder:
             threading.Thread(target=self.load, daemon=True).start()
 
 
-def create_app(model_uri: str | None = None, load_in_background: bool = True) -> FastAPI:
+def create_app(
+    model_uri: str | None = None,
+    load_in_background: bool = True,
+    log_config: LogConfig | None = None,
+    log_sink: Sink | None = None,
+) -> FastAPI:
     holder = ModelHolder(model_uri if model_uri is not None else os.environ.get("MODEL_URI"))
-    app = FastAPI(title="ctflows model server")
+    telemetry, inference_log = open_inference_log(log_config, log_sink)
+    app = FastAPI(title="ctflows model server", lifespan=closing_lifespan(inference_log))
     app.state.holder = holder
+    app.state.telemetry, app.state.inference_log = telemetry, inference_log
     if load_in_background:
         holder.start()
     else:
@@ -87,15 +106,28 @@ def create_app(model_uri: str | None = None, load_in_background: bool = True) ->
 
     @app.get("/model")
     def model_info() -> dict[str, Any]:
-        keys = ("MODEL_NAME", "MODEL_VERSION", "MLFLOW_RUN_ID", "DATA_MD5")
-        return {
+        keys = ("MODEL_NAME", "MODEL_VERSION", "MLFLOW_RUN_ID", "DATA_MD5", "IMAGE_DIGEST")
+        return {  # the manifests fill these from the pod's annotations (Downward API)
             "uri": holder.uri,
-            **{k.lower(): os.environ.get(k) for k in keys},
+            **{k.lower(): os.environ.get(k) or None for k in keys},
             "features": holder.columns,
         }
 
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(telemetry.render(), media_type="text/plain; version=0.0.4")
+
     @app.post("/predict")
-    def predict(request: PredictRequest) -> dict[str, list[float]]:
+    def predict(request: PredictRequest, x_request_id: str | None = Header(None)) -> dict[str, Any]:
+        with tracked(telemetry):
+            scores = _predict(request)
+            request_id = new_request_id(x_request_id)
+            if inference_log is not None:
+                inference_log.record(request_id, request.records, scores)
+        telemetry.predictions.inc(len(scores))
+        return {"scores": scores, "request_id": request_id}
+
+    def _predict(request: PredictRequest) -> list[float]:
         if holder.error is not None:
             raise HTTPException(503, f"model not ready: {holder.error}")
         import pandas as pd
@@ -107,6 +139,6 @@ def create_app(model_uri: str | None = None, load_in_background: bool = True) ->
             scores = holder.model.predict_proba(pd.DataFrame(request.records))[:, 1]
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, f"cannot score these records: {exc}") from exc
-        return {"scores": [float(s) for s in scores]}
+        return [float(s) for s in scores]
 
     return app

@@ -59,3 +59,20 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Works
         params_file = write_params(tmp_path / "project", data={"repo": str(data_repo)})
         init_data_repo(data_repo, remote)
         yield Workspace(tmp_path, params_file, data_repo, remote, slack)
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real docker-registry on loopback for the whole session; yields ``127.0.0.1:<port>``."""
+    from tests.oci_registry import docker_registry
+
+    with docker_registry(tmp_path_factory.mktemp("oci-registry")) as host:
+        yield host
+
+
+@pytest.fixture(scope="session")
+def serving_base(oci_registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small serving base image pushed once: ``127.0.0.1:<port>/ctflows-serving@sha256:...``."""
+    from tests.oci_registry import push_base
+
+    return push_base(oci_registry, tmp_path_factory.mktemp("base-layout"))

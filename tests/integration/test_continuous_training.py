@@ -87,7 +87,13 @@ def test_no_cluster_records_the_patch_and_never_claims_a_deploy(workspace):
     assert outcome.deploy.startswith("dry run, nothing deployed")
     record = json.loads((ws.params.state_dir / "deploy" / "dry-run.jsonl").read_text())
     containers = record["patch"]["spec"]["template"]["spec"]["containers"]
-    assert containers[0]["image"].endswith("-v1")
+    assert (
+        containers[0]["image"]
+        == record["image"]
+        == f"oci:{ws.params.state_dir / 'images'}@{record['image_digest']}"
+    )
+    assert record["image_kind"] == "modelcar" and record["pushed"] is False
+    assert "built locally, not pushed" in outcome.deploy
     assert "nothing deployed" in json.dumps(ws.slack.messages[-1])
 
 

@@ -38,10 +38,32 @@ def configure(ws, standin, **deploy) -> None:
 
 
 @pytest.fixture
-def kube(tmp_path, workspace):
-    with Standin(tmp_path / "kubeconfig", ready_delay=0.3) as standin:
+def kube(tmp_path, workspace, oci_registry, serving_base):
+    import yaml
+
+    raw = yaml.safe_load(workspace.params_file.read_text())
+    raw["image"] = {"repository": f"{oci_registry}/churn-model", "base": serving_base}
+    workspace.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with Standin(tmp_path / "kubeconfig", ready_delay=0.3, registry=oci_registry) as standin:
         configure(workspace, standin)
         yield standin
+
+
+def version_image(ws, version: str) -> str:
+    """The by-digest image the flow recorded on the MLflow version."""
+    mlflow = MlflowClient(tracking_uri(ws.params))
+    return mlflow.get_model_version("churn-classifier", version).tags["ct.image"]
+
+
+def never_ready(kube, version: str) -> None:
+    """Pods of this model version never become ready (a model that crashes at start)."""
+    req = urllib.request.Request(
+        f"{kube.url}/standin/unready",
+        data=json.dumps({"match": f"ctflows.io/model-version={version}"}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(req).close()
 
 
 def apps(kube):
@@ -75,14 +97,16 @@ def test_promotion_rolls_out_and_waits_until_available(workspace, kube):
     outcome = workspace.run(workspace.land_day(1, 3_000))
     assert outcome.kind == "promoted"
     dep = deployment(kube)
-    assert image(kube) == "registry.local/churn-model:churn-classifier-v1"
+    pushed = version_image(workspace, "1")
+    assert image(kube) == pushed and "@sha256:" in pushed  # by digest, never a tag
     notes = dep.spec.template.metadata.annotations
+    assert notes["ctflows.io/image-digest"] == pushed.split("@")[1]
     assert notes["ctflows.io/model-version"] == "1"
     assert notes["ctflows.io/mlflow-run-id"] == outcome.run_id
     assert notes["ctflows.io/data-md5"] == outcome.data_md5
     assert dep.status.observed_generation == dep.metadata.generation == 2
     assert dep.status.available_replicas == dep.status.updated_replicas == 2
-    assert "now runs registry.local/churn-model:churn-classifier-v1" in outcome.deploy
+    assert f"now runs {pushed}" in outcome.deploy
 
 
 def test_wrong_container_fails_before_anything_changes(workspace, kube):
@@ -113,7 +137,7 @@ def test_transient_api_errors_are_retried(workspace, kube):
     inject(kube, method="PATCH", status=503, count=1)
     outcome = workspace.run(workspace.land_day(1, 3_000))
     assert outcome.kind == "promoted"
-    assert image(kube).endswith("-v1")
+    assert image(kube) == version_image(workspace, "1")
 
 
 def test_persistent_api_errors_restore_the_champion_alias(workspace, kube):
@@ -122,8 +146,26 @@ def test_persistent_api_errors_restore_the_champion_alias(workspace, kube):
     with pytest.raises(DeployError, match="500"):
         workspace.run(workspace.land_day(2, 24_000))
     assert champion_version(workspace) == first.version
-    assert image(kube).endswith("-v1")
+    assert image(kube) == version_image(workspace, "1")
     assert "failed at deploy" in workspace.slack.texts()[-1]
+
+
+def test_registry_down_fails_before_alias_or_cluster_change(workspace, kube):
+    first = workspace.run(workspace.land_day(1, 3_000))
+    generation = deployment(kube).metadata.generation
+    from tests.oci_registry import free_port
+
+    raw = __import__("yaml").safe_load(workspace.params_file.read_text())
+    raw["image"].update(repository=f"127.0.0.1:{free_port()}/churn-model", retries=0)
+    workspace.params_file.write_text(__import__("yaml").safe_dump(raw, sort_keys=False))
+    from tasks.image import ImageError
+
+    with pytest.raises(ImageError, match=r"registry http://127\.0\.0\.1:\d+: does not answer"):
+        workspace.run(workspace.land_day(2, 24_000))
+    assert champion_version(workspace) == first.version
+    assert deployment(kube).metadata.generation == generation
+    assert image(kube) == version_image(workspace, "1")
+    assert "failed at image" in workspace.slack.texts()[-1]
 
 
 def test_unready_image_rolls_back_cluster_and_alias(workspace, kube):
@@ -131,12 +173,12 @@ def test_unready_image_rolls_back_cluster_and_alias(workspace, kube):
     apps(kube).patch_namespaced_deployment(
         "churn-model", "ctflows", {"spec": {"progressDeadlineSeconds": 1}}
     )
-    configure(workspace, kube, image_template="registry.local/churn-model:v{version}-unready")
+    never_ready(kube, "2")
     with pytest.raises(RolloutFailed, match="progress deadline") as err:
         workspace.run(workspace.land_day(2, 24_000))
-    assert err.value.reverted_to.endswith("-v1")
+    assert err.value.reverted_to == version_image(workspace, "1")
     assert champion_version(workspace) == first.version
-    assert image(kube).endswith("-v1")
+    assert image(kube) == version_image(workspace, "1")
     dep = deployment(kube)
     assert dep.spec.template.metadata.annotations["ctflows.io/model-version"] == "1"
     assert dep.status.available_replicas == 2
@@ -149,10 +191,11 @@ def test_unready_image_rolls_back_cluster_and_alias(workspace, kube):
 
 def test_rollout_timeout_also_rolls_back(workspace, kube):
     workspace.run(workspace.land_day(1, 3_000))
-    configure(workspace, kube, image_template="reg/m:v{version}-unready", rollout_timeout_seconds=1)
+    configure(workspace, kube, rollout_timeout_seconds=1)
+    never_ready(kube, "2")
     with pytest.raises(RolloutFailed, match="not available after"):
         workspace.run(workspace.land_day(2, 24_000))
-    assert champion_version(workspace) == "1" and image(kube).endswith("-v1")
+    assert champion_version(workspace) == "1" and image(kube) == version_image(workspace, "1")
 
 
 def test_manual_rollback_restores_registry_and_cluster_together(workspace, kube):
@@ -160,40 +203,38 @@ def test_manual_rollback_restores_registry_and_cluster_together(workspace, kube)
 
     workspace.run(workspace.land_day(1, 3_000))
     second = workspace.run(workspace.land_day(2, 24_000))
-    assert second.version == "2" and image(kube).endswith("-v2")
+    v1, v2 = version_image(workspace, "1"), version_image(workspace, "2")
+    assert second.version == "2" and image(kube) == v2 and v1 != v2
     outcome = rollback(params_file=str(workspace.params_file))
     assert outcome.kind == "rolled-back" and outcome.version == "1"
     assert champion_version(workspace) == "1"
-    assert image(kube).endswith("-v1")
-    assert deployment(kube).spec.template.metadata.annotations["ctflows.io/model-version"] == "1"
+    assert image(kube) == v1  # the recorded digest, no rebuild
+    notes = deployment(kube).spec.template.metadata.annotations
+    assert notes["ctflows.io/model-version"] == "1"
+    assert notes["ctflows.io/image-digest"] == v1.split("@")[1]
     again = rollback(version="2", params_file=str(workspace.params_file))
     assert again.version == "2" and champion_version(workspace) == "2"
-    assert image(kube).endswith("-v2")
+    assert image(kube) == v2
 
 
 def test_canary_goes_first_and_a_failing_canary_leaves_main_alone(workspace, kube):
     configure(workspace, kube, strategy="canary", canary={"suffix": "-canary", "hold_seconds": 0.5})
     first = workspace.run(workspace.land_day(1, 3_000))
     assert first.kind == "promoted" and "after canary" in first.deploy
-    assert image(kube, "churn-model-canary").endswith("-v1") and image(kube).endswith("-v1")
+    v1 = version_image(workspace, "1")
+    assert image(kube, "churn-model-canary") == v1 and image(kube) == v1
     patches = [r["path"] for r in requests_seen(kube) if r["method"] == "PATCH"]
     assert patches[0].endswith("churn-model-canary") and patches[-1].endswith("/churn-model")
 
     apps(kube).patch_namespaced_deployment(
         "churn-model-canary", "ctflows", {"spec": {"progressDeadlineSeconds": 1}}
     )
-    configure(
-        workspace,
-        kube,
-        strategy="canary",
-        image_template="reg/m:v{version}-unready",
-        canary={"suffix": "-canary", "hold_seconds": 0.5},
-    )
+    never_ready(kube, "2")
     generation = deployment(kube).metadata.generation
     with pytest.raises(RolloutFailed, match="churn-model-canary"):
         workspace.run(workspace.land_day(2, 24_000))
     assert deployment(kube).metadata.generation == generation  # main never touched
-    assert image(kube, "churn-model-canary").endswith("-v1")
+    assert image(kube, "churn-model-canary") == v1
     assert champion_version(workspace) == "1"
 
 
@@ -250,4 +291,4 @@ def test_kill_9_mid_promotion_is_repaired_by_the_next_run(workspace, kube, prefe
     assert note and "died" in note
     running = deployment(kube).spec.template.metadata.annotations.get("ctflows.io/model-version")
     assert champion_version(ws) == running == first.version
-    assert image(kube).endswith("-v1")
+    assert image(kube) == version_image(ws, "1")

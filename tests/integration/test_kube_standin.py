@@ -46,7 +46,7 @@ def test_get_lists_the_manifest_deployments(kube):
         "-o",
         "jsonpath={.spec.template.spec.containers[0].image}",
     )
-    assert image.stdout == "registry.local/churn-model:bootstrap"
+    assert image.stdout == "registry.example.com/team/churn-model@sha256:" + "0" * 64
 
 
 def test_set_image_then_rollout_status_succeeds(kube):

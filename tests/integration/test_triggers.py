@@ -97,7 +97,7 @@ def served(workspace, prefect_api, tmp_path):
     )
     try:
         wait_for(
-            lambda: flow_runs_of("continuous-training/on-new-data") is not None,
+            lambda: flow_runs_of("continuous-training/churn-classifier-on-new-data") is not None,
             60,
             "the served deployments",
         )
@@ -136,7 +136,7 @@ def test_signed_webhook_starts_exactly_one_run_and_bad_requests_none(workspace, 
         status, answer = post(served, payload, headers)
         assert status == expected, (expected, answer)
         assert answer["error"]
-    assert flow_runs_of("continuous-training/on-new-data") == []
+    assert flow_runs_of("continuous-training/churn-classifier-on-new-data") == []
 
     headers = signed(body)
     status, first = post(served, body, headers)
@@ -150,7 +150,7 @@ def test_signed_webhook_starts_exactly_one_run_and_bad_requests_none(workspace, 
     assert second["duplicate"] is True
 
     def finished():
-        runs = flow_runs_of("continuous-training/on-new-data")
+        runs = flow_runs_of("continuous-training/churn-classifier-on-new-data")
         return runs if runs and runs[0].state and runs[0].state.is_final() else None
 
     runs = wait_for(finished, 180, "the flow run to finish")
@@ -165,8 +165,11 @@ def test_committed_prefect_yaml_matches_the_definitions():
     assert committed == render(str(ROOT / "params.yaml"))
     spec = yaml.safe_load(committed)
     names = {d["name"] for d in spec["deployments"]}
-    assert names == {"scheduled", "on-new-data", "manual", "daily"}
-    landed = next(d for d in spec["deployments"] if d["name"] == "on-new-data")
+    model = "churn-classifier"  # every name carries the model (several share one server)
+    assert names == {f"{model}-{k}" for k in ("scheduled", "on-new-data", "manual", "daily")} | {
+        model  # rollback/<model> and promote/<model>
+    }
+    landed = next(d for d in spec["deployments"] if d["name"] == f"{model}-on-new-data")
     trigger = landed["triggers"][0]
     assert trigger["expect"] and trigger["match"]["prefect.resource.id"].endswith("batch.parquet")
 
@@ -193,10 +196,10 @@ def test_prefect_deploy_all_accepts_the_project_file(prefect_api, tmp_path):
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        scheduled = client.read_deployment_by_name("continuous-training/scheduled")
+        scheduled = client.read_deployment_by_name("continuous-training/churn-classifier-scheduled")
         assert scheduled.work_pool_name == "ctflows"
         assert scheduled.schedules[0].schedule.cron == "0 3 * * 1"
-        drift = client.read_deployment_by_name("drift-monitor/daily")
+        drift = client.read_deployment_by_name("drift-monitor/churn-classifier-daily")
         assert drift.schedules[0].schedule.timezone == "UTC"
 
 
@@ -212,7 +215,7 @@ def test_drift_emits_the_event_that_starts_retraining(workspace, served):
     assert any("drift" in t for t in ws.slack.texts())
 
     def finished():
-        runs = flow_runs_of("continuous-training/on-new-data")
+        runs = flow_runs_of("continuous-training/churn-classifier-on-new-data")
         done = [r for r in runs or [] if r.state and r.state.is_final()]
         return done or None
 
@@ -230,4 +233,4 @@ def test_a_burst_of_bad_requests_starts_nothing_and_service_goes_on(served):
         codes = list(pool.map(lambda _: post(served, body, bad_headers)[0], range(200)))
     assert set(codes) == {401}
     assert _health(int(served.split(":")[2].split("/")[0]))
-    assert flow_runs_of("continuous-training/on-new-data") == []
+    assert flow_runs_of("continuous-training/churn-classifier-on-new-data") == []

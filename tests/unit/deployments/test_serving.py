@@ -105,3 +105,30 @@ def test_serving_requirements_are_pinned_as_in_the_lock():
         if line and not line.startswith("#"):
             name, version = line.split("==")
             assert lock[name] == version, name
+
+
+@pytest.mark.parametrize("path", ["deployment.yaml", "modelcar/deployment.yaml"])
+def test_model_endpoint_tells_the_identity_the_flow_annotated(saved_model, monkeypatch, path):
+    """The manifests hand the pod's ctflows.io annotations to the app (Downward API), so
+    GET /model names the model a pod serves instead of nulls."""
+    from tasks.deploy import ModelIdentity
+
+    digest = "sha256:" + "b" * 64
+    identity = ModelIdentity(
+        "churn", "7", "run7", "f" * 32, f"r.example/m@{digest}", digest, "serving"
+    )
+    notes = identity.annotations()
+    for doc in yaml.safe_load_all((K8S / path).read_text()):
+        if doc.get("kind") != "Deployment":
+            continue
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        for var in container.get("env", []):
+            field = var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "")
+            match = re.fullmatch(r"metadata\.annotations\['(.+)'\]", field)
+            if match:  # what the kubelet does with a Downward API annotation reference
+                monkeypatch.setenv(var["name"], notes.get(match[1], ""))
+    client = TestClient(create_app(saved_model[0], load_in_background=False))
+    answer = client.get("/model").json()
+    assert answer["model_name"] == "churn" and answer["model_version"] == "7"
+    assert answer["mlflow_run_id"] == "run7" and answer["data_md5"] == "f" * 32
+    assert answer["image_digest"] == digest

@@ -25,6 +25,8 @@ def test_repo_params_load_with_paths_resolved_against_the_file():
         ("deploy", {"image_template": "repo/model:latest"}, "deploy.image_template"),
         ("data", {"holdout_fraction": 1.5}, "data.holdout_fraction"),
         ("data", {"categorical_features": ["tenure_months"]}, "data"),
+        ("workpool", {"image": "registry.example.com/flow:latest"}, "workpool.image"),
+        ("workpool", {"resources": {"memory_limit": "4 GB"}}, "workpool.resources.memory_limit"),
     ],
 )
 def test_invalid_params_name_the_offending_key(tmp_path, section, values, named):
@@ -80,7 +82,6 @@ def test_unknown_top_level_section_is_rejected(tmp_path):
         ("deploy", {"namespace": "CTFlows"}, "deploy.namespace"),
         ("deploy", {"container": "model_server"}, "deploy.container"),
         ("deploy", {"deployment": "churn model"}, "deploy.deployment"),
-        ("deploy", {"image_template": "registry local/m:{version}"}, "deploy.image_template"),
         ("timeouts", {"mlflow": 0}, "timeouts.mlflow"),
         ("timeouts", {"mlflow_retries": 50}, "timeouts.mlflow_retries"),
     ],

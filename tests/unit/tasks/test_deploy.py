@@ -1,9 +1,10 @@
 import pytest
 
 from tasks.deploy import (
+    DeployError,
     ModelIdentity,
     PodTemplate,
-    render_image,
+    image_reference,
     resolve_mode,
     rollout_status,
     targets,
@@ -11,14 +12,14 @@ from tasks.deploy import (
 )
 from tests.helpers import small_params
 
-ID = ModelIdentity("churn", "7", "abc123", "f" * 32)
+DIGEST = "sha256:" + "e" * 64
+ID = ModelIdentity("churn", "7", "abc123", "f" * 32, f"reg.example/m@{DIGEST}", DIGEST, "serving")
 
 
-def test_image_and_patch_carry_the_model_identity(tmp_path):
-    template = "reg/m:{model_name}-v{version}-{data_md5}"
-    params = small_params(tmp_path, deploy={"image_template": template})
-    image = render_image(params.deploy.image_template, ID)
-    assert image == "reg/m:churn-v7-ffffffffffff"
+def test_image_by_digest_and_patch_carry_the_model_identity(tmp_path):
+    params = small_params(tmp_path)
+    image = image_reference(ID, "cluster")
+    assert image == f"reg.example/m@{DIGEST}"
     patch = template_patch(params.deploy.container, PodTemplate(image, ID.annotations()))
     spec = patch["spec"]["template"]
     assert spec["spec"]["containers"] == [{"name": params.deploy.container, "image": image}]
@@ -26,6 +27,23 @@ def test_image_and_patch_carry_the_model_identity(tmp_path):
     assert notes["ctflows.io/model-version"] == "7"
     assert notes["ctflows.io/mlflow-run-id"] == "abc123"
     assert notes["ctflows.io/data-md5"] == "f" * 32
+    assert notes["ctflows.io/image-digest"] == DIGEST
+
+
+@pytest.mark.parametrize(
+    ("image", "mode", "error"),
+    [
+        ("", "dry-run", "no image built by digest"),
+        ("reg.example/m:v7", "cluster", "no image built by digest"),
+        (f"oci:/state/images@{DIGEST}", "cluster", "built locally, not pushed"),
+    ],
+)
+def test_no_mutable_tag_and_no_local_image_reaches_a_cluster(image, mode, error):
+    identity = ModelIdentity("churn", "7", "abc123", "f" * 32, image, DIGEST, "serving")
+    with pytest.raises(DeployError, match=error):
+        image_reference(identity, mode)
+    local = ModelIdentity("churn", "7", "r", "m", f"oci:/s@{DIGEST}", DIGEST, "modelcar")
+    assert image_reference(local, "dry-run") == f"oci:/s@{DIGEST}"
 
 
 def test_restoring_a_template_removes_annotations_it_did_not_have():

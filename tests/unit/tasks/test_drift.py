@@ -102,3 +102,46 @@ def test_empty_batch_is_reported(params):
     report = detect_drift(ref, ref.head(0), params.data, params.drift)
     assert "current batch is empty" in report.notes
     assert not should_retrain(report, params.drift)
+
+
+# -- many features at once, and effect sizes (issue 9, item 25) ------------------------------
+
+
+def test_pvalue_corrections_match_their_definitions():
+    from tasks.drift import adjust_pvalues
+
+    p = np.array([0.01, 0.04, 0.03, 0.005, 0.5])
+    holm = adjust_pvalues(p, "holm")
+    # sorted: 0.005*5, 0.01*4, 0.03*3, 0.04*2, 0.5*1 -> running maximum
+    assert holm == pytest.approx([0.04, 0.09, 0.09, 0.025, 0.5])
+    assert adjust_pvalues(p, "bonferroni") == pytest.approx(np.minimum(p * 5, 1))
+    assert adjust_pvalues(p, "bh") == pytest.approx(stats.false_discovery_control(p))
+    assert adjust_pvalues(p, "none") == pytest.approx(p)
+
+
+def test_a_tiny_significant_shift_on_a_million_rows_is_not_drift(params):
+    rng = np.random.default_rng(4)
+    ref = pd.DataFrame({"age": rng.normal(0, 1, 1_000_000)})
+    cur = pd.DataFrame({"age": rng.normal(0.01, 1, 1_000_000)})
+    data = params.data.model_copy(update={"numeric_features": ["age"], "categorical_features": []})
+    f = by_name(detect_drift(ref, cur, data, params.drift))["age"]
+    assert f.p_value < params.drift.ks_pvalue  # significant ...
+    assert f.effect < params.drift.min_ks_statistic  # ... but a negligible distance
+    assert not f.drifted, f.reason()
+    moved = pd.DataFrame({"age": rng.normal(0.3, 1, 1_000_000)})
+    assert by_name(detect_drift(ref, moved, data, params.drift))["age"].drifted
+
+
+def test_many_features_are_corrected_for_testing_them_together(params):
+    """40 features from unchanged distributions: uncorrected, some pass p < 0.05 by chance."""
+    rng = np.random.default_rng(12)
+    names = [f"x{i}" for i in range(40)]
+    ref = pd.DataFrame({n: rng.normal(0, 1, 2_000) for n in names})
+    cur = pd.DataFrame({n: rng.normal(0, 1, 2_000) for n in names})
+    data = params.data.model_copy(update={"numeric_features": names, "categorical_features": []})
+    loose = params.drift.model_copy(update={"ks_pvalue": 0.05, "min_ks_statistic": 0.0})
+    uncorrected = detect_drift(ref, cur, data, loose.model_copy(update={"correction": "none"}))
+    assert len(uncorrected.drifted) >= 3  # false alarms without a correction
+    for method in ("holm", "bonferroni", "bh"):
+        corrected = detect_drift(ref, cur, data, loose.model_copy(update={"correction": method}))
+        assert corrected.drifted == [], (method, [f.reason() for f in corrected.drifted])

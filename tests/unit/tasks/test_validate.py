@@ -67,3 +67,32 @@ def test_schema_change_fails_without_raising(params, batch):
 def test_each_contract_clause_catches_its_breach(params, batch, mutate, column, expectation):
     result = validate_batch(mutate(batch.copy()), params)
     assert (column, expectation) in {(f.column, f.expectation) for f in result.failures}
+
+
+def test_an_edited_suite_is_read_again(tmp_path, batch):
+    import json
+
+    from tests.helpers import ROOT
+
+    suite = tmp_path / "suite.json"
+    spec = json.loads((ROOT / "expectations" / "churn_batch.json").read_text())
+    suite.write_text(json.dumps(spec))
+    params = small_params(tmp_path / "p", validate={"suite": str(suite)})
+    assert validate_batch(batch, params).success
+    spec["expectations"].append(
+        {"type": "expect_column_max_to_be_between", "kwargs": {"column": "age", "max_value": 1}}
+    )
+    suite.write_text(json.dumps(spec, indent=2))  # another size: seen as a new file content
+    result = validate_batch(batch, params)
+    assert [(f.column, f.expectation) for f in result.failures] == [
+        ("age", "expect_column_max_to_be_between")
+    ]
+    assert "observed" in result.failures[0].detail
+
+
+def test_a_missing_suite_is_a_config_error(tmp_path, batch):
+    from tasks.config import ConfigError
+
+    params = small_params(tmp_path, validate={"suite": str(tmp_path / "nope.json")})
+    with pytest.raises(ConfigError, match=r"nope\.json does not exist"):
+        validate_batch(batch, params)

@@ -1,0 +1,130 @@
+"""Two models served side by side from one `deployments.serve` process: their own deployments,
+their own champions, driven by the `ctflows` command and by a routed data-landed webhook."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tasks.data import make_batch, publish_batch
+from tasks.train import tracking_uri
+from tests.helpers import ROOT
+from tests.integration.test_cli import as_json, ctflows
+
+
+def declare(project: Path, name: str, data_path: str) -> None:
+    folder = project / "models.d" / name
+    folder.mkdir(parents=True)
+    overlay = {
+        "extends": "../../params.yaml",
+        "data": {"path": data_path},
+        "registry": {"model_name": name},
+        "deploy": {"deployment": f"{name}-model"},
+    }
+    (folder / "params.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+
+
+def champion(ws, name: str) -> str | None:
+    client = MlflowClient(tracking_uri(ws.params))
+    try:
+        return str(client.get_model_version_by_alias(name, "champion").version)
+    except Exception:
+        return None
+
+
+def served(project: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployments.serve", "--params", str(project / "params.yaml")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("serving "):
+            return proc
+        assert time.monotonic() < deadline, "serve never said what it serves"
+    raise AssertionError(f"serve exited {proc.wait()} before serving")
+
+
+def test_two_models_keep_their_own_deployments_and_champions(workspace):
+    from prefect.client.orchestration import get_client
+
+    ws = workspace
+    project = ws.params_file.parent
+    declare(project, "churn", "data/batch.parquet")
+    declare(project, "upsell", "data/upsell.parquet")
+    rev_churn = ws.land_day(1, 3_000)
+    rev_upsell = publish_batch(
+        ws.data_repo, make_batch(2, 4_000, seed=5), "data/upsell.parquet", "upsell day 1"
+    )
+
+    listed = as_json(ctflows(ws, "models", "--json"))
+    assert [m["name"] for m in listed] == ["churn", "upsell"]
+
+    proc = served(project)
+    try:
+        with get_client(sync_client=True) as client:
+            for model in ("churn", "upsell"):
+                for name in (
+                    f"continuous-training/{model}-scheduled",
+                    f"continuous-training/{model}-on-new-data",
+                    f"continuous-training/{model}-manual",
+                    f"rollback/{model}",
+                    f"promote/{model}",
+                ):
+                    assert client.read_deployment_by_name(name).name == name.split("/")[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "CTFLOWS_ACTOR": "test"}
+        runs = {
+            model: subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ctflows",
+                    "run",
+                    model,
+                    "--rev",
+                    rev,
+                    "--json",
+                    "--project",
+                    str(project),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for model, rev in (("churn", rev_churn), ("upsell", rev_upsell))
+        }
+        results = {}
+        for model, run in runs.items():
+            out, err = run.communicate(timeout=600)
+            assert run.returncode == 0, err
+            results[model] = json.loads(out)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    for model in ("churn", "upsell"):
+        assert results[model]["state"] == "COMPLETED"
+        assert results[model]["decision"]["kind"] == "promoted"
+        assert results[model]["decision"]["model_name"] == model
+        assert champion(ws, model) == "1"
+    md5s = {results[m]["decision"]["data_md5"] for m in ("churn", "upsell")}
+    assert len(md5s) == 2  # each trained on its own data
+    everything = as_json(ctflows(ws, "status", "--json"))
+    assert {s["model"]: s["champion"]["version"] for s in everything} == {
+        "churn": "1",
+        "upsell": "1",
+    }

@@ -1,0 +1,94 @@
+"""Served flow runs started from the preloaded fork server (deployments/runner.py), end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
+from tests.helpers import ROOT
+
+
+def _forked_run_seen(serve: psutil.Process, stop: threading.Event, seen: list[int]) -> None:
+    """Record processes forked by the fork server under ``serve`` (not the server itself)."""
+    while not stop.is_set():
+        try:
+            for proc in serve.children(recursive=True):
+                parent = proc.parent()
+                if (
+                    parent
+                    and parent.pid != serve.pid
+                    and "forkserver" in " ".join(parent.cmdline())
+                ):
+                    seen.append(proc.pid)
+        except psutil.Error:
+            pass
+        stop.wait(0.05)
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _deployment(client, name: str):
+    try:
+        return client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return None
+
+
+def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api, tmp_path):
+    rev = workspace.land_day(1, 3_000)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
+    env["CTFLOWS_SLACK_WEBHOOK_URL"] = workspace.slack.url
+    env.pop("CTFLOWS_RUNNER", None)
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "deployments.serve", "--params", str(workspace.params_file)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    stop, seen = threading.Event(), []
+    watcher = threading.Thread(
+        target=_forked_run_seen, args=(psutil.Process(serve.pid), stop, seen)
+    )
+    watcher.start()
+    try:
+        with get_client(sync_client=True) as client:
+            manual = _wait(
+                lambda: _deployment(client, "continuous-training/manual"), 90, "the deployments"
+            )
+            run = client.create_flow_run_from_deployment(
+                manual.id,
+                parameters={"rev": rev, "params_file": str(workspace.params_file)},
+            )
+
+            def final():
+                state = client.read_flow_run(run.id).state
+                return state if state and state.is_final() else None
+
+            state = _wait(final, 300, "the served run to finish")
+        assert state.is_completed(), (state, log.read_text()[-2000:])
+        assert any("promoted" in text for text in workspace.slack.texts())
+        assert seen, "no flow-run process was forked from the fork server"
+        assert "flow runs start by forkserver" in log.read_text()
+    finally:
+        stop.set()
+        watcher.join()
+        serve.terminate()
+        serve.wait(timeout=30)

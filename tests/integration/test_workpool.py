@@ -1,0 +1,154 @@
+"""Flow runs as Kubernetes Jobs: the Job Prefect's Kubernetes worker would create, for real.
+
+The work pool is created on the real Prefect server with the committed base job template, the
+deployments with `prefect deploy --all`, and each Job is rendered by prefect-kubernetes' own job
+configuration, then validated against the Kubernetes schemas. One Job's container command is run
+as the pod would run it, and must execute the deployment's flow with the run's parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.workpool import PREFECT_FILE, TEMPLATE_FILE, render_files, render_job
+from tasks.config import load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [PREFECT, "--no-prompt", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def kubernetes_pool(prefect_api: str) -> str:
+    """The committed template as a real Kubernetes work pool, the deployments on it."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
+    pool = load_params(ROOT / "params.yaml").workpool.name
+    _cli(
+        [
+            "work-pool",
+            "create",
+            pool,
+            "--type",
+            "kubernetes",
+            "--base-job-template",
+            str(TEMPLATE_FILE),
+            "--overwrite",
+        ],
+        env,
+    )
+    _cli(["deploy", "--all", "--prefect-file", str(PREFECT_FILE.relative_to(ROOT))], env)
+    return pool
+
+
+def test_committed_work_pool_files_match_params():
+    for path, text in render_files(str(ROOT / "params.yaml")).items():
+        assert path.read_text() == text, f"{path} is stale: run python -m deployments.workpool"
+
+
+def test_worker_renders_a_valid_job_for_every_deployment(kubernetes_pool):
+    import kubernetes_validate
+    from prefect.client.orchestration import get_client
+
+    params = load_params(ROOT / "params.yaml")
+    project = yaml.safe_load(PREFECT_FILE.read_text())
+    with get_client(sync_client=True) as client:
+        for entry in project["deployments"]:
+            deployment = next(
+                d
+                for d in client.read_deployments()
+                if d.name == entry["name"] and d.entrypoint == entry["entrypoint"]
+            )
+            assert deployment.work_pool_name == kubernetes_pool
+            flow_run = client.create_flow_run_from_deployment(
+                deployment.id, parameters=entry["parameters"]
+            )
+            job = render_job(kubernetes_pool, flow_run.id)
+            # prefect-kubernetes requires parallelism/completions in the pod spec too, where
+            # the API server drops them as unknown fields: everything else must be valid.
+            checked = copy.deepcopy(job)
+            for key in ("parallelism", "completions"):
+                assert checked["spec"][key] == 1
+                del checked["spec"]["template"]["spec"][key]
+            kubernetes_validate.validate(checked, "1.31", strict=True)
+
+            pod = job["spec"]["template"]["spec"]
+            container = pod["containers"][0]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert job["metadata"]["namespace"] == params.workpool.namespace
+            assert pod["serviceAccountName"] == params.workpool.service_account
+            assert container["image"] == params.workpool.image
+            assert container["args"] == ["prefect", "flow-run", "execute"]
+            assert env["PREFECT__FLOW_RUN_ID"] == str(flow_run.id)
+            assert env["PREFECT_API_URL"]
+            assert container["resources"]["limits"]["memory"] == (
+                params.workpool.resources.memory_limit
+            )
+            assert [s["secretRef"]["name"] for s in container["envFrom"]] == (
+                params.workpool.secrets
+            )
+            client.delete_flow_run(flow_run.id)
+
+
+def test_the_jobs_command_runs_the_deployments_flow_with_the_runs_parameters(
+    kubernetes_pool, workspace
+):
+    """What the pod does, minus the image: the container's args, with the Job's environment."""
+    from prefect.client.orchestration import get_client
+
+    rev = workspace.land_day(1, 4000)
+    parameters = {
+        "rev": rev,
+        "repo": str(workspace.data_repo),
+        "params_file": str(workspace.params_file),
+        "dry_run": True,
+    }
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("continuous-training/churn-classifier-manual")
+        flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+        job = render_job(kubernetes_pool, flow_run.id)
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        env = {
+            **os.environ,
+            **{e["name"]: e["value"] for e in container["env"] if "value" in e},
+            "CTFLOWS_HOME": str(ROOT),  # the flow image sets it (deployments/flow/Dockerfile)
+            "PYTHONPATH": str(ROOT),
+        }
+        args = container["args"]
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / args[0]), *args[1:]],
+            cwd=workspace.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        finished = client.read_flow_run(flow_run.id)
+        assert finished.state is not None and finished.state.is_completed()
+        assert finished.parameters["rev"] == rev
+    # The flow ran on the workspace's data and told Slack its decision (dry run: nothing shipped).
+    texts = workspace.slack.texts()
+    assert len(texts) == 1 and params_model_name(workspace) in texts[0]
+
+
+def params_model_name(workspace) -> str:
+    return workspace.params.registry.model_name

@@ -1,0 +1,137 @@
+"""Shadow replay: a candidate that flips production decisions is rejected, whatever its holdout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.data import make_batch, split_holdout
+from tasks.evaluate import metric_value
+from tasks.inference_log import join_labels, read_recent
+from tasks.shadow import production_batch_sizes, replay
+from tasks.train import train_model
+from tests.helpers import small_params
+from tests.unit.tasks.test_inference_log import T0, write_log
+
+
+class Shifted:
+    """A model whose scores are moved on the logit scale: same ranking, other decisions."""
+
+    def __init__(self, model, shift: float) -> None:
+        self.model, self.shift = model, shift
+
+    def predict_proba(self, X):
+        p = np.clip(self.model.predict_proba(X)[:, 1], 1e-9, 1 - 1e-9)
+        q = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + self.shift)))
+        return np.column_stack([1 - q, q])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shadow")
+    params = small_params(folder, train={"hyperparameters": {"n_estimators": 5, "verbose": -1}})
+    strong = small_params(
+        folder / "strong", train={"hyperparameters": {"n_estimators": 60, "verbose": -1}}
+    )
+    train, holdout = split_holdout(make_batch(1, 8_000), params.data)
+    champion = train_model(train.head(600), params)  # weak: few rows, few trees
+    better = train_model(train, strong)
+    production = make_batch(2, 1_500, seed=9)
+    scores = champion.predict_proba(production)[:, 1]
+    records = production[[*params.data.features, params.data.id_column]].to_dict("records")
+    url = folder / "log"
+    write_log(url, records[:900], scores[:900], T0.timestamp(), version="1", batch=1)
+    write_log(url, records[900:], scores[900:], T0.timestamp() + 60, "1", batch=30, rid="b")
+    return params, champion, better, holdout, production, url
+
+
+def test_a_candidate_better_on_holdout_but_flipping_production_decisions_is_rejected(setup):
+    params, champion, better, holdout, _, url = setup
+    candidate = Shifted(better, 2.5)
+    y = holdout[params.data.label].to_numpy()
+    cand_auc = metric_value("roc_auc", y, candidate.predict_proba(holdout)[:, 1], 0.5)
+    champ_auc = metric_value("roc_auc", y, champion.predict_proba(holdout)[:, 1], 0.5)
+    assert cand_auc > champ_auc + 0.01  # better on the holdout the promotion gates look at
+
+    window = read_recent(str(url), params.monitor.shadow.rows, "1")
+    assert window.rows == 1_500
+    report = replay(
+        candidate, window, None, params.data.features, params.monitor.shadow, "roc_auc", 0.5
+    )
+    assert not report.passed
+    flips = next(c for c in report.checks if c.name == "shadow_flip_rate")
+    assert flips.status == "failed" and report.flip_rate > 0.1
+    assert set(report.p95_ms) == {1, 30}
+    paired = next(c for c in report.checks if c.name == "shadow_paired_metric")
+    assert paired.status == "skipped" and "no labelled" in paired.reason
+
+    same = replay(better, window, None, params.data.features, params.monitor.shadow, "roc_auc", 0.5)
+    assert same.flip_rate < report.flip_rate
+
+
+def test_paired_comparison_on_labelled_production_requests(setup):
+    params, _, better, _, production, url = setup
+    window = read_recent(str(url), 5_000, "1")
+    by_id = dict(zip(window.log["prediction_id"], range(window.rows), strict=True))
+    order = np.array([by_id[f"r{i}"] for i in range(900)])
+    labels = pd.DataFrame(
+        {
+            "id": window.log["prediction_id"].to_numpy()[order],
+            "label": production[params.data.label].to_numpy()[:900],
+            "time": T0,
+        }
+    )
+    labelled = join_labels(window, labels, "prediction_id")
+    policy = params.monitor.shadow.model_copy(update={"max_flip_rate": None})
+    worse = replay(
+        _Noise(),  # scores unrelated to the outcome
+        window,
+        labelled,
+        params.data.features,
+        policy,
+        "roc_auc",
+        0.5,
+    )
+    paired = next(c for c in worse.checks if c.name == "shadow_paired_metric")
+    assert paired.status == "failed" and worse.gain_high < 0 and worse.labelled_rows == 900
+    good = replay(better, window, labelled, params.data.features, policy, "roc_auc", 0.5)
+    paired = next(c for c in good.checks if c.name == "shadow_paired_metric")
+    assert paired.status == "passed" and good.gain_low <= good.gain <= good.gain_high
+
+
+class _Noise:
+    def predict_proba(self, X):
+        p = np.random.default_rng(0).uniform(0, 1, len(X))
+        return np.column_stack([1 - p, p])
+
+
+def test_too_few_logged_requests_skip_the_gate_and_say_so(setup, tmp_path):
+    params, _, better, _, _, url = setup
+    window = read_recent(str(url), 100, "1")
+    report = replay(
+        better, window, None, params.data.features, params.monitor.shadow, "roc_auc", 0.5
+    )
+    assert report.skipped and report.passed
+    assert "only 100 logged production predictions" in report.checks[0].reason
+    empty = read_recent(str(tmp_path / "none"), 100)
+    assert replay(
+        better, empty, None, params.data.features, params.monitor.shadow, "roc_auc", 0.5
+    ).skipped
+
+
+def test_records_lacking_features_fail_the_gate_with_the_cause(setup):
+    params, _, better, _, _, url = setup
+    window = read_recent(str(url), 1_000, "1")
+    cut = window.__class__(
+        window.start, window.end, window.log, window.inputs.drop(columns=["age"]), window.files
+    )
+    report = replay(better, cut, None, params.data.features, params.monitor.shadow, "roc_auc", 0.5)
+    assert not report.passed and "lack features ['age']" in report.failed[0].reason
+
+
+def test_production_batch_sizes_are_those_sent():
+    log = pd.DataFrame(
+        {"request_id": ["a", "b", "b", "c", "c", "c"], "batch_size": [1, 2, 2, 3, 3, 3]}
+    )
+    assert production_batch_sizes(log) == [1, 2, 3]
