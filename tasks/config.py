@@ -644,9 +644,9 @@ def _read_mapping(file: Path) -> dict[str, Any]:
     return raw
 
 
-# (section, key) of the values that are paths, made absolute against the file that sets them
+# (section, key) of the values that are paths, made absolute against the file that sets them;
+# project.state_dir is not one: a relative one is the project root's (see _resolve_paths)
 _PATH_KEYS: tuple[tuple[str, str], ...] = (
-    ("project", "state_dir"),
     ("data", "repo"),
     ("validate", "suite"),
     ("deploy", "kubeconfig"),
