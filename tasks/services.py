@@ -85,10 +85,16 @@ def mlflow_http_env(timeouts: TimeoutsParams) -> dict[str, str]:
 def bound_mlflow(timeouts: TimeoutsParams) -> None:
     """Apply :func:`mlflow_http_env` to this process (read by MLflow at every request).
 
-    Values the user exported already are kept: an explicit environment wins.
+    Values the user exported already are kept: an explicit environment wins. Values set here
+    follow the params of each run (a served process runs many).
     """
     for key, value in mlflow_http_env(timeouts).items():
-        os.environ.setdefault(key, value)
+        if key not in os.environ or os.environ[key] == _SET_BY_US.get(key):
+            os.environ[key] = value
+            _SET_BY_US[key] = value
+
+
+_SET_BY_US: dict[str, str] = {}
 
 
 def mlflow_call_bound(timeouts: TimeoutsParams, environ: dict[str, str] | None = None) -> float:
