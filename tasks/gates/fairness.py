@@ -97,7 +97,7 @@ class FairnessGate(BaseGate):
         assert isinstance(rule, FairnessParams)
         sensitive = rule.sensitive_column or getattr(evidence.data, "sensitive_column", None)
         if not sensitive:
-            why = "no sensitive column (data.sensitive_column is not set): fairness gates are off"
+            why = "fairness skipped: no sensitive column (data.sensitive_column is null)"
             return [self.result("skipped", why)]
         columns = list(dict.fromkeys([sensitive, *rule.slice_columns]))
         missing = [c for c in columns if c not in evidence.holdout.columns]
