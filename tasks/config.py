@@ -705,8 +705,9 @@ def _read_mapping(file: Path) -> dict[str, Any]:
 
 
 # (section, key) of the values that are paths, made absolute against the file that sets them
+# Paths relative to the file that names them. Not ``project.state_dir``: that one is relative
+# to the project root (see _resolve_paths), so every model's file shares one state dir.
 _PATH_KEYS: tuple[tuple[str, str], ...] = (
-    ("project", "state_dir"),
     ("data", "repo"),
     ("validate", "suite"),
     ("deploy", "kubeconfig"),
