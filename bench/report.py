@@ -58,6 +58,16 @@ def render(r: dict[str, Any]) -> str:
             f"{_s(warm['flow_seconds'])} / {_s(warm['plain_seconds'])} / "
             f"{_s(warm['rerun_seconds'])} | |"
         )
+    if warm.get("skip_imports"):
+        skip = warm["skip_imports"]
+        heavy = ", ".join(
+            f"{name} ({skip['import_seconds'].get(name, 0):.2f} s)" for name in skip["imported"]
+        )
+        untouched = [n for n in ("great_expectations", "lightgbm") if n not in skip["imported"]]
+        lines.append(
+            f"| unchanged-data run as a fresh process imports | {heavy or 'none of the heavy'}"
+            f" | not GX, not LightGBM{_mark(len(untouched) == 2)} |"
+        )
     for key, label, target in (
         ("gates_seconds_1m", "all gates (1,000 paired resamples), 1M-row holdout", None),
         ("score_both_seconds_1m", "score both models once, 1M rows", None),

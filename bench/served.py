@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,10 +108,12 @@ class Stack:
                 "Content-Type": "application/json",
             },
         )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            if resp.status != 202:
-                raise BenchError(f"webhook answered {resp.status}: {resp.read()[:200]!r}")
-            return str(json.loads(resp.read())["flow_run_id"]), time.time()
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                answer = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise BenchError(f"webhook answered {exc.code}: {exc.read()[:300]!r}") from exc
+        return str(answer["flow_run_id"]), time.time()
 
     def run_manual(self, rev: str) -> tuple[str, float]:
         """A run of `continuous-training/manual` on ``rev`` (what a schedule or a person starts)."""
