@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.requests import Request  # module level: FastAPI resolves annotations here
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from deployments.definitions import data_landed_deployment
@@ -177,7 +178,7 @@ async def read_body(request: Any, limit: int) -> bytes:
 
 def create_app(params: Params, params_file: str, secret: str) -> Any:
     """The receiver's ASGI app: `GET /health` and `POST /hooks/data-landed`."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
