@@ -225,16 +225,21 @@ class RssSampler:
 
 def write_params(root: Path, kubeconfig: Path, data_repo: Path, registry: str, base: str) -> Path:
     """params.yaml as shipped, with state under ``root``, the stand-in as cluster, images pushed
-    to the loopback registry, and the two champion-relative gates off so every landed version
-    that passes the others ships."""
+    to the loopback registry, and gate bounds that compute everything but never block."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["project"]["state_dir"] = str(root / "state")
     raw["validate"]["suite"] = str(ROOT / raw["validate"]["suite"])
     raw["data"]["repo"] = str(data_repo)
     raw["deploy"].update(target="cluster", kubeconfig=str(kubeconfig))
     raw["image"].update(repository=f"{registry}/churn-model", base=base)
-    raw["gates"]["no_regression"]["enabled"] = False
-    raw["gates"]["significance"]["enabled"] = False
+    # every gate is computed as shipped, with bounds that cannot block: the decision is always
+    # to promote, so every run is timed through the rollout whatever the machine's noise
+    gates = raw["gates"]
+    gates["no_regression"]["tolerance"] = 1.0
+    gates["significance"]["enabled"] = False  # its bound cannot be widened below 0
+    gates["latency"].update(max_p95_ms=1e9, max_ratio=1e9)
+    gates["fairness"].update(max_slice_gap=1.0, max_parity_difference=1.0, max_gap_widening=1.0)
+    gates["parity"].update(max_psi=1e9, max_flip_rate=1.0)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
