@@ -235,11 +235,14 @@ def write_params(root: Path, kubeconfig: Path, data_repo: Path, registry: str, b
     # every gate is computed as shipped, with bounds that cannot block: the decision is always
     # to promote, so every run is timed through the rollout whatever the machine's noise
     gates = raw["gates"]
-    gates["no_regression"]["tolerance"] = 1.0
     gates["significance"]["enabled"] = False  # its bound cannot be widened below 0
-    gates["latency"].update(max_p95_ms=1e9, max_ratio=1e9)
-    gates["fairness"].update(max_slice_gap=1.0, max_parity_difference=1.0, max_gap_widening=1.0)
-    gates["parity"].update(max_psi=1e9, max_flip_rate=1.0)
+    gates["no_regression"]["tolerance"] = 1.0
+    for section in gates.values():
+        if isinstance(section, dict):
+            for key, value in section.items():
+                if key.startswith("max_") and isinstance(value, int | float):
+                    unbounded = value > 1 or "psi" in key
+                    section[key] = int(1e12) if unbounded else 1.0
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
