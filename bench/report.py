@@ -103,15 +103,23 @@ def render(r: dict[str, Any]) -> str:
             "Memory and time of a served full run as the batch grows (peak resident memory of "
             "the flow-run process, against the batch's in-memory size):",
             "",
-            "| rows | batch in memory | peak RSS | RSS / batch | run time |",
-            "|---|---|---|---|---|",
+            "| rows | batch in memory | peak RSS | of which libraries | RSS / batch | run time |",
+            "|---|---|---|---|---|---|",
         ]
         for row in r["scaling"]:
+            libs = row.get("library_rss_bytes")
             lines.append(
                 f"| {row['rows']:,} | {row['batch_bytes'] / 2**20:.0f} MiB | "
-                f"{row['peak_rss_bytes'] / 2**20:.0f} MiB | {row['rss_over_batch']:.1f}"
+                f"{row['peak_rss_bytes'] / 2**20:.0f} MiB | "
+                f"{'—' if libs is None else f'{libs / 2**20:.0f} MiB'} | "
+                f"{row['rss_over_batch']:.1f}"
                 f"{_mark(row['rss_over_batch'] <= t['rss_over_batch'])} | {_s(row['seconds'])} |"
             )
+        lines += [
+            "",
+            "Peak RSS counts the libraries a run has imported (shared with the fork server, "
+            "so paid once per machine, not per run); they dominate small batches.",
+        ]
         lines += ["", "![memory and time against rows](bench/scaling.png)"]
     return "\n".join(lines)
 

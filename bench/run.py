@@ -262,6 +262,7 @@ def served_scaling(stack: Stack, rows: int, day: int) -> dict[str, Any]:
         "batch_bytes": size,
         "peak_rss_bytes": timing.peak_rss_bytes,
         "rss_over_batch": round(timing.peak_rss_bytes / size, 2),
+        "library_rss_bytes": stack.library_rss(),
         "seconds": round(timing.total, 3),
         "tasks": timing.tasks,
     }

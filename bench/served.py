@@ -176,6 +176,17 @@ class Stack:
                 timing.landed_to_rollout = ends["deploy-model"] - landed
         return timing
 
+    def library_rss(self) -> int | None:
+        """Resident memory of the fork server (the preloaded libraries alone), if there is one:
+        a forked run shares these pages, and its RSS counts them."""
+        import psutil
+
+        for child in psutil.Process(self.serve.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "forkserver" in " ".join(child.cmdline()):
+                    return int(child.memory_info().rss)
+        return None
+
     def served_image(self) -> str:
         """The image the stand-in's serving Deployment runs now."""
         url = f"{self.kube_url}/apis/apps/v1/namespaces/ctflows/deployments/churn-model"
