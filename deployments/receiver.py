@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import datetime
 import logging
 import os
 import socket
@@ -25,6 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from deployments.definitions import DATA_LANDED, TRAINING_FLOW, data_landed_deployment
@@ -36,6 +42,7 @@ from deployments.webhook import (
     Route,
     WebhookError,
     choose_route,
+    moves_on,
     parse_body,
     verify,
     webhook_secret,
@@ -67,6 +74,12 @@ class Started:
         }
 
 
+# Prefect calls at once: a SQLite-backed server slows down under concurrent writes.
+PREFECT_CALLS = 4
+# A run seen pending or running this recently answers duplicates without asking Prefect again.
+FRESH_SECONDS = 2.0
+
+
 class RunStarter:
     """Creates at most one live flow run per data version, through one shared Prefect client."""
 
@@ -77,6 +90,9 @@ class RunStarter:
         self.deployment_id: Any = None
         self.locks: dict[str, asyncio.Lock] = {}
         self.waiting: dict[str, int] = {}
+        self.calls = asyncio.Semaphore(PREFECT_CALLS)
+        self.live: dict[str, tuple[Started, float]] = {}
+        self.attempts: dict[str, int] = {}  # the last attempt seen per data version
 
     @contextlib.asynccontextmanager
     async def one_at_a_time(self, identity: str) -> AsyncIterator[None]:
@@ -98,13 +114,25 @@ class RunStarter:
         return self.deployment_id
 
     async def start(self, landed: Landed) -> Started:
-        """The live run of ``landed``'s data version, created if there is none."""
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterId,
-            FlowRunFilter,
-            FlowRunFilterTags,
-        )
+        """The live run of ``landed``'s data version, created if there is none.
+
+        Call it under ``one_at_a_time(landed.identity)``.
+        """
+        now = time.monotonic()
+        for identity in [i for i, (_, seen) in self.live.items() if now - seen > FRESH_SECONDS]:
+            del self.live[identity]
+        if landed.identity in self.live:
+            started = self.live[landed.identity][0]
+            return dataclasses.replace(started, duplicate=True)
+        async with self.calls:
+            started, final = await self._start(landed)
+        if not final:
+            self.live[landed.identity] = (started, time.monotonic())
+        return started
+
+    async def _start(self, landed: Landed) -> tuple[Started, bool]:
+        """Create the run of the data version's current attempt; Prefect hands back the
+        existing run for a key it has seen. A run that failed moves on to the next attempt."""
         from prefect.exceptions import ObjectNotFound
 
         parameters = {
@@ -113,35 +141,39 @@ class RunStarter:
             "md5": landed.md5,
             "params_file": self.params_file,
         }
-        for attempt in (1, 2):
+        attempt = self.attempts.get(landed.identity, 0)
+        refreshed = False
+        while True:
+            key = landed.idempotency_key(attempt)
+            asked = datetime.datetime.now(datetime.UTC)
             try:
-                deployment_id = await self._deployment_id(refresh=attempt == 2)
-                earlier = await self.client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[landed.tag])),
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                )
-                states = [r.state.type.value if r.state else "" for r in earlier]
-                key = landed.idempotency_key(states)
-                existing = next((r for r in earlier if r.idempotency_key == key), None)
-                run = existing or await self.client.create_flow_run_from_deployment(
-                    deployment_id,
+                run = await self.client.create_flow_run_from_deployment(
+                    await self._deployment_id(refresh=refreshed),
                     parameters=parameters,
                     idempotency_key=key,
                     tags=[landed.tag],
                 )
-                break
             except ObjectNotFound:  # the deployment was re-created under a new id
-                if attempt == 2:
+                if refreshed:
                     raise
-        known = {r.id for r in earlier}
-        return Started(
+                refreshed = True
+                continue
+            state = run.state.type.value if run.state else ""
+            if not moves_on(state):
+                break
+            attempt += 1
+        self.attempts[landed.identity] = attempt
+        while len(self.attempts) > 10_000:
+            self.attempts.pop(next(iter(self.attempts)))
+        started = Started(
             str(run.id),
             run.name,
             self.deployment,
             dict(run.parameters or parameters),
             key,
-            duplicate=run.id in known,
+            duplicate=bool(run.created and run.created < asked - datetime.timedelta(seconds=1)),
         )
+        return started, bool(run.state and run.state.is_final())
 
 
 async def resolve_landed(landed: Landed, params: Params) -> Landed:
@@ -160,7 +192,7 @@ async def resolve_landed(landed: Landed, params: Params) -> Landed:
     return Landed(landed.path, version.rev, version.md5)
 
 
-async def read_body(request: Any, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The body, never more than ``limit`` bytes of it; a refused body is drained (up to 8x the
     limit) so the client reads the 413 instead of a reset connection."""
     length = request.headers.get("content-length")
@@ -195,13 +227,8 @@ def model_routes(params_file: str) -> list[tuple[Route, Params]]:
     return routes
 
 
-def create_app(params: Params, params_file: str, secret: str) -> Any:
+def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
     """The receiver's ASGI app: `GET /health` and `POST /hooks/data-landed`."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
-
     hook = params.triggers.webhook
     routes = model_routes(params_file)
     models = {route.model: model_params for route, model_params in routes}
@@ -407,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect call
     try:
         receiver = make_receiver(os.path.abspath(args.params), args.host, args.port)
     except NoSecret as exc:
