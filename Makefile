@@ -39,7 +39,7 @@ test-unit: $(STAMP)  ## unit tests only (seconds, no servers)
 test-integration: $(STAMP) registry-tools  ## integration tests only
 	$(PY) -m pytest tests/integration
 
-bench: $(STAMP) registry-tools  ## speed targets; writes bench/results.json
+bench: $(STAMP) registry-tools  ## served-run speed and memory targets -> bench/results.json, README, scaling.png
 	$(PY) -m bench.run
 
 lint: $(STAMP)  ## ruff and mypy, as before every commit
@@ -59,8 +59,10 @@ ui: $(STAMP)  ## MLflow UI on :5000 and Prefect UI on :4200, over what the demo 
 	PREFECT_HOME=$(CURDIR)/.ctflows/prefect $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200 & \
 	wait
 
-serve: $(STAMP)  ## Prefect server + served deployments (schedule, data-landed trigger, manual, drift) + webhook on :8787
-	$(PY) -m deployments.serve --server --webhook-port 8787
+HOST ?= 127.0.0.1
+WEBHOOK_PORT ?= 8787
+serve: $(STAMP)  ## Prefect server + served deployments (schedule, data-landed trigger, manual, drift, repair) + webhook (HOST=127.0.0.1 WEBHOOK_PORT=8787)
+	$(PY) -m deployments.serve --server --webhook-port $(WEBHOOK_PORT) --host $(HOST)
 
 lock:  ## re-pin requirements.lock from pyproject.toml's ranges
 	$(PY) -m pip install --quiet uv

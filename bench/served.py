@@ -68,9 +68,21 @@ class Stack:
     log: Path
     rss: RssSampler = field(init=False)
     land_rev: str = ""
+    landed_deployment: str = ""
+    manual: str = ""
 
     def __post_init__(self) -> None:
+        from deployments.definitions import (
+            TRAINING_FLOW,
+            data_landed_deployment,
+            model_deployment,
+        )
+        from tasks.config import load_params
+
+        params = load_params(self.params_file)
         self.rss = RssSampler(self.serve.pid)
+        self.landed_deployment = data_landed_deployment(params)
+        self.manual = f"{TRAINING_FLOW}/{model_deployment(params.registry.model_name, 'manual')}"
 
     def land(self, df: Any, message: str) -> tuple[str, float]:
         """Publish ``df`` as a new data version; return its revision and when it landed."""
@@ -102,7 +114,7 @@ class Stack:
 
     def run_manual(self, rev: str) -> tuple[str, float]:
         """A run of `continuous-training/manual` on ``rev`` (what a schedule or a person starts)."""
-        deployment = self.client.read_deployment_by_name("continuous-training/manual")
+        deployment = self.client.read_deployment_by_name(self.manual)
         run = self.client.create_flow_run_from_deployment(
             deployment.id,
             parameters={"rev": rev, "path": DATA_PATH, "params_file": str(self.params_file)},
@@ -208,14 +220,16 @@ class RssSampler:
             self._stop.wait(self.step)
 
 
-def write_params(root: Path, kubeconfig: Path, data_repo: Path) -> Path:
-    """params.yaml as shipped, with state under ``root``, the stand-in as cluster, and the two
-    champion-relative gates off so every landed version that passes the others ships."""
+def write_params(root: Path, kubeconfig: Path, data_repo: Path, registry: str, base: str) -> Path:
+    """params.yaml as shipped, with state under ``root``, the stand-in as cluster, images pushed
+    to the loopback registry, and the two champion-relative gates off so every landed version
+    that passes the others ships."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["project"]["state_dir"] = str(root / "state")
     raw["validate"]["suite"] = str(ROOT / raw["validate"]["suite"])
     raw["data"]["repo"] = str(data_repo)
     raw["deploy"].update(target="cluster", kubeconfig=str(kubeconfig))
+    raw["image"].update(repository=f"{registry}/churn-model", base=base)
     raw["gates"]["no_regression"]["enabled"] = False
     raw["gates"]["significance"]["enabled"] = False
     path = root / "params.yaml"
@@ -231,6 +245,7 @@ def served_stack(root: Path, env: dict[str, str] | None = None) -> Iterator[Stac
     from deployments.server import free_port, prefect_server
     from tasks.data import init_data_repo
     from tests.kube_standin import Standin
+    from tests.oci_registry import docker_registry, push_base
 
     root.mkdir(parents=True, exist_ok=True)
     data_repo = root / "data-repo"
@@ -238,11 +253,13 @@ def served_stack(root: Path, env: dict[str, str] | None = None) -> Iterator[Stac
     secret, port = "bench-secret", free_port()
     log = root / "serve.log"
     with (
-        Standin(root / "kubeconfig", ready_delay=0.3) as kube,
+        docker_registry(root / "oci-registry") as registry,
+        Standin(root / "kubeconfig", ready_delay=0.3, registry=registry) as kube,
         prefect_server(root / "prefect") as api_url,
         log.open("ab") as log_fh,
     ):
-        params_file = write_params(root, kube.kubeconfig, data_repo)
+        base = push_base(registry, root / "base-layout")
+        params_file = write_params(root, kube.kubeconfig, data_repo, registry, base)
         serve_env = {
             **os.environ,
             **(env or {}),
@@ -271,7 +288,7 @@ def served_stack(root: Path, env: dict[str, str] | None = None) -> Iterator[Stac
                     client,
                     log,
                 )
-                _wait(lambda: _deployed(client, "continuous-training/on-new-data"), 120, serve)
+                _wait(lambda: _deployed(client, stack.landed_deployment), 120, serve)
                 _wait(lambda: _up(f"http://127.0.0.1:{port}/health"), 60, serve)
                 yield stack
         finally:

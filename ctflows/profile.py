@@ -231,6 +231,7 @@ def render_params(model: str, data_path: str, profile: Profile) -> str:
             "label": profile.label,
             "id_column": profile.id_column,
             "timestamp_column": profile.timestamp_column,
+            "sensitive_column": None,  # not inherited: the project's may not be in this data
             "numeric_features": profile.numeric,
             "categorical_features": profile.categorical,
         },
@@ -243,7 +244,7 @@ def render_params(model: str, data_path: str, profile: Profile) -> str:
         f"# Model `{model}`: profiled by `ctflows init` from a trusted batch. REVIEW before use.\n"
         "# Only what differs from the project's params.yaml (extends). Set here, per model:\n"
         "#   data.repo / data.rev, train (estimator), gates (fairness is off until you name\n"
-        "#   gates.fairness.sensitive_column), deploy (namespace, container, image),\n"
+        "#   data.sensitive_column), deploy (namespace, container, image),\n"
         "#   notify.webhook_env (this model's Slack channel).\n"
     )
     if profile.ignored:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import datetime
 import logging
 import os
 import socket
@@ -22,17 +24,25 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from deployments.definitions import data_landed_deployment
+from deployments.definitions import DATA_LANDED, TRAINING_FLOW, data_landed_deployment
 from deployments.webhook import (
     PATH,
     Landed,
     NoSecret,
     ReplayJournal,
+    Route,
     WebhookError,
+    choose_route,
+    moves_on,
     parse_body,
     verify,
     webhook_secret,
@@ -64,6 +74,12 @@ class Started:
         }
 
 
+# Prefect calls at once: a SQLite-backed server slows down under concurrent writes.
+PREFECT_CALLS = 4
+# A run seen pending or running this recently answers duplicates without asking Prefect again.
+FRESH_SECONDS = 2.0
+
+
 class RunStarter:
     """Creates at most one live flow run per data version, through one shared Prefect client."""
 
@@ -74,6 +90,9 @@ class RunStarter:
         self.deployment_id: Any = None
         self.locks: dict[str, asyncio.Lock] = {}
         self.waiting: dict[str, int] = {}
+        self.calls = asyncio.Semaphore(PREFECT_CALLS)
+        self.live: dict[str, tuple[Started, float]] = {}
+        self.attempts: dict[str, int] = {}  # the last attempt seen per data version
 
     @contextlib.asynccontextmanager
     async def one_at_a_time(self, identity: str) -> AsyncIterator[None]:
@@ -95,13 +114,25 @@ class RunStarter:
         return self.deployment_id
 
     async def start(self, landed: Landed) -> Started:
-        """The live run of ``landed``'s data version, created if there is none."""
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterId,
-            FlowRunFilter,
-            FlowRunFilterTags,
-        )
+        """The live run of ``landed``'s data version, created if there is none.
+
+        Call it under ``one_at_a_time(landed.identity)``.
+        """
+        now = time.monotonic()
+        for identity in [i for i, (_, seen) in self.live.items() if now - seen > FRESH_SECONDS]:
+            del self.live[identity]
+        if landed.identity in self.live:
+            started = self.live[landed.identity][0]
+            return dataclasses.replace(started, duplicate=True)
+        async with self.calls:
+            started, final = await self._start(landed)
+        if not final:
+            self.live[landed.identity] = (started, time.monotonic())
+        return started
+
+    async def _start(self, landed: Landed) -> tuple[Started, bool]:
+        """Create the run of the data version's current attempt; Prefect hands back the
+        existing run for a key it has seen. A run that failed moves on to the next attempt."""
         from prefect.exceptions import ObjectNotFound
 
         parameters = {
@@ -110,35 +141,39 @@ class RunStarter:
             "md5": landed.md5,
             "params_file": self.params_file,
         }
-        for attempt in (1, 2):
+        attempt = self.attempts.get(landed.identity, 0)
+        refreshed = False
+        while True:
+            key = landed.idempotency_key(attempt)
+            asked = datetime.datetime.now(datetime.UTC)
             try:
-                deployment_id = await self._deployment_id(refresh=attempt == 2)
-                earlier = await self.client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[landed.tag])),
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                )
-                states = [r.state.type.value if r.state else "" for r in earlier]
-                key = landed.idempotency_key(states)
-                existing = next((r for r in earlier if r.idempotency_key == key), None)
-                run = existing or await self.client.create_flow_run_from_deployment(
-                    deployment_id,
+                run = await self.client.create_flow_run_from_deployment(
+                    await self._deployment_id(refresh=refreshed),
                     parameters=parameters,
                     idempotency_key=key,
                     tags=[landed.tag],
                 )
-                break
             except ObjectNotFound:  # the deployment was re-created under a new id
-                if attempt == 2:
+                if refreshed:
                     raise
-        known = {r.id for r in earlier}
-        return Started(
+                refreshed = True
+                continue
+            state = run.state.type.value if run.state else ""
+            if not moves_on(state):
+                break
+            attempt += 1
+        self.attempts[landed.identity] = attempt
+        while len(self.attempts) > 10_000:
+            self.attempts.pop(next(iter(self.attempts)))
+        started = Started(
             str(run.id),
             run.name,
             self.deployment,
             dict(run.parameters or parameters),
             key,
-            duplicate=run.id in known,
+            duplicate=bool(run.created and run.created < asked - datetime.timedelta(seconds=1)),
         )
+        return started, bool(run.state and run.state.is_final())
 
 
 async def resolve_landed(landed: Landed, params: Params) -> Landed:
@@ -157,7 +192,7 @@ async def resolve_landed(landed: Landed, params: Params) -> Landed:
     return Landed(landed.path, version.rev, version.md5)
 
 
-async def read_body(request: Any, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The body, never more than ``limit`` bytes of it; a refused body is drained (up to 8x the
     limit) so the client reads the 413 instead of a reset connection."""
     length = request.headers.get("content-length")
@@ -175,15 +210,28 @@ async def read_body(request: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(params: Params, params_file: str, secret: str) -> Any:
-    """The receiver's ASGI app: `GET /health` and `POST /hooks/data-landed`."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
+def model_routes(params_file: str) -> list[tuple[Route, Params]]:
+    """One route per model of the project whose root params file is ``params_file``."""
+    from ctflows.catalog import discover
 
+    routes = []
+    for model in discover(Path(params_file).resolve().parent):
+        model_params = model.params()
+        route = Route(
+            model.name,
+            model_params.data.path,
+            str(model.params_file),
+            data_landed_deployment(model_params, model.name),
+        )
+        routes.append((route, model_params))
+    return routes
+
+
+def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
+    """The receiver's ASGI app: `GET /health` and `POST /hooks/data-landed`."""
     hook = params.triggers.webhook
-    deployment = data_landed_deployment(params)
+    routes = model_routes(params_file)
+    models = {route.model: model_params for route, model_params in routes}
     journal = ReplayJournal(hook.tolerance_seconds, params.state_dir / "webhook" / "accepted.log")
     budget = max(0.5, hook.request_timeout_seconds - 0.5)  # answer before the hard cut-off
 
@@ -192,7 +240,10 @@ def create_app(params: Params, params_file: str, secret: str) -> Any:
         from prefect.client.orchestration import get_client
 
         async with get_client() as client:
-            app.state.starter = RunStarter(client, deployment, params_file)
+            app.state.starters = {
+                route.model: RunStarter(client, route.deployment, route.params_file)
+                for route, _ in routes
+            }
             yield
 
     app = FastAPI(title="ctflows webhook", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -212,6 +263,7 @@ def create_app(params: Params, params_file: str, secret: str) -> Any:
     async def data_landed(request: Request) -> JSONResponse:
         client = request.client.host if request.client else "-"
         stage = "receive"
+        deployment = f"{TRAINING_FLOW}/<model>-{DATA_LANDED}"  # named once the request is routed
         try:
             async with asyncio.timeout(budget):
                 body = await read_body(request, hook.max_body_bytes)
@@ -219,7 +271,9 @@ def create_app(params: Params, params_file: str, secret: str) -> Any:
                 headers = {k.lower(): v for k, v in request.headers.items()}
                 signed = verify(secret, headers, body, now, hook.tolerance_seconds)
                 landed = parse_body(body)
-                starter: RunStarter = request.app.state.starter
+                route = choose_route(landed, [route for route, _ in routes])
+                deployment = route.deployment
+                starter: RunStarter = request.app.state.starters[route.model]
                 stage = "start"
                 async with starter.one_at_a_time(landed.identity):
                     earlier = journal.accepted(signed.signature, time.time())
@@ -227,7 +281,7 @@ def create_app(params: Params, params_file: str, secret: str) -> Any:
                         raise WebhookError(
                             409, f"this request was already accepted as flow run {earlier}"
                         )
-                    landed = await resolve_landed(landed, params)
+                    landed = await resolve_landed(landed, models[route.model])
                     started = await starter.start(landed)
                     journal.record(signed, started.flow_run_id, time.time())
         except WebhookError as exc:
@@ -380,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect call
     try:
         receiver = make_receiver(os.path.abspath(args.params), args.host, args.port)
     except NoSecret as exc:

@@ -92,12 +92,14 @@ def maybe_webhook(params_file: str, host: str, port: int | None) -> Any:
 
 def repair_at_start(params_file: str) -> None:
     """Flow `repair` once, before anything is served: a deploy killed with the last served
-    process is put right now, not at the next training run. A failure is reported, and the
-    `repair/<model>-scheduled` deployment tries again."""
+    process is put right now, not at the next training run. The killed run's training slot
+    frees itself within a lease (plus the server's 15 s sweep), so this waits that long for it.
+    A failure is reported, and the `repair/<model>-scheduled` deployment tries again."""
     from flows.repair import repair
+    from tasks.train import LEASE_SECONDS
 
     try:
-        note = repair(params_file=params_file)
+        note = repair(params_file=params_file, wait_seconds=LEASE_SECONDS + 30)
     except Exception as exc:
         print(
             f"repair at start failed: {type(exc).__name__}: {exc}; "
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect call
     params_file = str(Path(args.params).resolve())
     signal.signal(signal.SIGTERM, _exit_on_term)  # so the server and webhook stop with us
     with contextlib.ExitStack() as stack:

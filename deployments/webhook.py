@@ -12,10 +12,10 @@ Prefect's open-source server has no webhooks (that is Prefect Cloud), so the rec
   the secret comes from $CTFLOWS_WEBHOOK_SECRET or a Prefect Secret block and is never logged;
 - a request is accepted only once its flow run exists; accepted signatures are journaled until
   their timestamp is too old to pass anyway, so a replay is refused and the journal stays small;
-- one data version (its md5) maps to one flow run at a time: the idempotency key carries the
-  number of earlier runs of that data that failed, crashed or were cancelled, so duplicates
-  and concurrent requests share a run while a data version whose last run did not finish
-  can be run again.
+- one data version (its md5) maps to one live flow run: the idempotency key carries an
+  attempt number that moves on past runs that failed, crashed or were cancelled, so duplicates
+  and concurrent requests share a run while a data version whose last run did not finish can
+  be run again.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,7 @@ class Landed:
     path: str
     rev: str
     md5: str | None
+    model: str | None = None  # explicit routing; else the model whose data.path is ``path``
 
     @property
     def identity(self) -> str:
@@ -180,19 +181,19 @@ class Landed:
         """The tag every flow run started for this data version carries."""
         return f"ctflows.data:{self.identity}"
 
-    def idempotency_key(self, earlier_states: Iterable[str]) -> str:
-        return attempt_key(self.identity, earlier_states)
+    def idempotency_key(self, attempt: int) -> str:
+        return f"data-landed:{self.identity}#{attempt}"
 
 
-def attempt_key(identity: str, earlier_states: Iterable[str]) -> str:
-    """The idempotency key of the next run of a data version, given its earlier runs' states.
+def moves_on(state_type: str) -> bool:
+    """Whether a run that is in ``state_type`` leaves its data version to be run again.
 
-    Each run that ended Failed, Crashed or Cancelled moves the key on by one: a data version
-    whose runs all failed gets a fresh key (a new run), while requests that arrive while a run
-    is pending, running or completed get that run's key (the same run).
+    The idempotency key of a data version carries an attempt number: requests that arrive
+    while its run is scheduled, running or completed get that run (the same key); once the run
+    has Failed, Crashed or been Cancelled the next request takes the next attempt's key and
+    starts a new run. Concurrent requests compute the same key, so they still share one run.
     """
-    attempt = sum(1 for state in earlier_states if state.upper() in RERUNNABLE)
-    return f"data-landed:{identity}#{attempt}"
+    return state_type.upper() in RERUNNABLE
 
 
 def parse_body(body: bytes) -> Landed:
@@ -208,7 +209,38 @@ def parse_body(body: bytes) -> Landed:
     md5 = data.get("md5")
     if md5 is not None and (not isinstance(md5, str) or not re.fullmatch(r"[0-9a-f]{32}", md5)):
         raise WebhookError(422, "md5, when given, must be a 32-character hex string")
-    return Landed(data["path"], data["rev"], md5)
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise WebhookError(422, "model, when given, must be a model name (a string)")
+    return Landed(data["path"], data["rev"], md5, model)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a data-landed request for one model goes."""
+
+    model: str
+    data_path: str
+    params_file: str
+    deployment: str
+
+
+def choose_route(landed: Landed, routes: Sequence[Route]) -> Route:
+    """The model a request is for: its ``model`` field, else the model whose ``data.path`` it
+    names. A request that names no known model is refused (422), listing what is known."""
+    if landed.model is not None:
+        for route in routes:
+            if route.model == landed.model:
+                return route
+        known = ", ".join(r.model for r in routes)
+        raise WebhookError(422, f"unknown model {landed.model!r}; known models: {known}")
+    for route in routes:
+        if route.data_path == landed.path:
+            return route
+    known = ", ".join(f"{r.data_path} ({r.model})" for r in routes)
+    raise WebhookError(
+        422, f"no model trains on {landed.path!r}; known data paths: {known} (or send `model`)"
+    )
 
 
 class NoSecret(RuntimeError):

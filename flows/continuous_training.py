@@ -122,7 +122,8 @@ def _continuous_training(
             lambda: pull_data(pulled, params), params.timeouts.dvc, "DVC remote", pulled.repo
         )
         step = "validate"
-        validate_data(version, params)
+        for member in version.members():  # each version of the window against the contract
+            validate_data(member, params)
         templates = {}
         if not dry_run:
             step = "check-deployment"

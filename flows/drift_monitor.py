@@ -37,6 +37,10 @@ def drift_monitor(
     current = resolve_data(
         repo or params.data.repo, path or params.data.path, rev or params.data.rev
     )
+    # the champion's training window, rebuilt from the revision it was trained at
+    reference = resolve_data(
+        reference.repo, reference.path, reference.rev, reference.md5, params.data
+    )
     current, reference = pull_data(current, params), pull_data(reference, params)
     training_rows, _ = split_holdout(read_version(reference), params.data)
     report = measure_drift(training_rows, read_version(current), params.data, params.drift)

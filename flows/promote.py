@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 
 from tasks.config import load_params
 from tasks.deploy import check_deployment, deploy_model
+from tasks.image import check_image
 from tasks.ledger import check_promotable
 from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import begin_rollback, plan_rollback, recover_interrupted, switch_alias
@@ -39,6 +40,7 @@ def promote(
         try:
             check_promotable(params, version)
             plan = plan_rollback(params, version)
+            check_image(plan.target.image, params)  # the recorded digest, before any change
             begin_rollback(params, plan, check_deployment(params))
             deployed = deploy_model(plan.target, params)  # reverts the cluster if it fails
             switch_alias(params, plan)

@@ -17,6 +17,7 @@ from pathlib import Path
 from deployments.server import prefect_server
 from tasks.config import load_params
 from tasks.data import corrupt_batch, init_data_repo, make_batch, publish_batch, resolve_version
+from tasks.deploy import resolve_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +27,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--rows", type=int, default=20_000, help="rows of the first batch")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's task logs")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="deploy to the cluster params name (default: dry run, whatever params.yaml says)",
+    )
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
     state = params.state_dir
+    if not args.cluster:
+        args.params = str(dry_run_params(Path(args.params), state / "demo" / "params.yaml"))
+        params = load_params(args.params)
+    print(f"deploy: {resolve_mode(params.deploy)} (--cluster deploys to the cluster params name)")
     data_repo, remote = state / "demo" / "data-repo", state / "dvc-remote"
     path = params.data.path
     print(f"ctflows demo — state in {state}")
@@ -75,9 +85,27 @@ What it produced:
   Model images (OCI layout, built locally):          {state / "images"}
 
 Open the UIs on it:  make ui
-  (MLflow at http://127.0.0.1:5000, Prefect at {ui.rsplit(":", 1)[0]}:4200)"""
+  (MLflow at http://127.0.0.1:5000, Prefect at {ui.rsplit(":", 1)[0]}:4200)
+Ask the command:     .venv/bin/ctflows status   (and history, rollback, freeze: --help)"""
     )
     return 0
+
+
+def dry_run_params(source: Path, target: Path) -> Path:
+    """A copy of ``source`` whose deploy step is the dry run: the demo never touches a cluster
+    unless asked (``--cluster``). Relative paths become absolute, so the copy means the same."""
+    import yaml
+
+    params = load_params(source)
+    raw = yaml.safe_load(source.read_text())
+    raw.setdefault("project", {})["state_dir"] = str(params.state_dir)
+    raw.setdefault("validate", {})["suite"] = str(params.validate_.suite)
+    raw["data"]["repo"] = params.data.repo
+    raw["deploy"]["target"] = "dry-run"
+    raw["deploy"]["kubeconfig"] = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return target
 
 
 def _exception(state: object) -> BaseException:

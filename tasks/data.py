@@ -269,14 +269,16 @@ def read_version(version: DataVersion) -> pd.DataFrame:
 
 def lineage_tags(version: DataVersion) -> dict[str, str]:
     """MLflow tags naming the data a run trained on: the newest version and every one used."""
-    used = [{"rev": v.rev, "md5": v.md5} for v in version.window]
+    used = json.dumps([{"rev": v.rev, "md5": v.md5} for v in version.window], separators=(",", ":"))
+    if len(used) > 5000:  # MLflow's tag limit: 12-character revisions still name each commit
+        used = json.dumps([f"{v.rev[:12]}:{v.md5}" for v in version.window], separators=(",", ":"))
     return {
         "ct.data_md5": version.md5,
         "ct.data_repo": version.repo,
         "ct.data_path": version.path,
         "ct.data_rev": version.rev,
-        "ct.data_window": str(len(used)),
-        "ct.data_versions": json.dumps(used, separators=(",", ":"))[:5000],
+        "ct.data_window": str(len(version.window)),
+        "ct.data_versions": used,
     }
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DAY_SECONDS = 86_400
+MAX_WINDOW = 100  # versions in one training window: what one MLflow lineage tag can list
 
 
 class DataError(RuntimeError):
@@ -62,6 +63,10 @@ class DataVersion:
     @property
     def window(self) -> tuple[DataVersion, ...]:
         return (self, *self.history)
+
+    def members(self) -> tuple[DataVersion, ...]:
+        """Each version of the window on its own (no history), newest first."""
+        return tuple(replace(v, history=()) for v in self.window)
 
     def describe(self) -> str:
         return f"{self.path}@{self.rev[:10]} (md5 {self.md5})"
@@ -171,7 +176,7 @@ def _window_history(
     Walks the commits that touched ``<path>.dvc`` or ``dvc.lock`` up to ``newest.rev``; each new
     md5 is a version, dated by the commit that introduced it.
     """
-    limit = window.versions or sys.maxsize
+    limit = min(window.versions or MAX_WINDOW, MAX_WINDOW)
     start = int(_git(repo_dir, "show", "-s", "--format=%ct", newest.rev).strip())
     oldest = start - window.days * DAY_SECONDS if window.days is not None else None
     seen, history = {newest.md5}, list[DataVersion]()

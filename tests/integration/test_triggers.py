@@ -68,6 +68,9 @@ def flow_runs_of(deployment_name: str):
     return [r for r in runs if r.created and r.created.timestamp() >= SINCE["t"]]
 
 
+HOST = "127.0.0.2"  # not the default: `--host` must reach the receiver
+
+
 @pytest.fixture
 def served(workspace, prefect_api, tmp_path):
     env = {
@@ -89,6 +92,8 @@ def served(workspace, prefect_api, tmp_path):
             str(workspace.params_file),
             "--webhook-port",
             str(port),
+            "--host",
+            HOST,
         ],
         cwd=ROOT,
         env=env,
@@ -96,22 +101,19 @@ def served(workspace, prefect_api, tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for(
-            lambda: flow_runs_of("continuous-training/churn-classifier-on-new-data") is not None,
-            60,
-            "the served deployments",
-        )
+        wait_for(lambda: "serving " in (tmp_path / "serve.log").read_text(), 120, "serving")
         wait_for(lambda: _health(port), 30, "the webhook receiver")
-        yield f"http://127.0.0.1:{port}/hooks/data-landed"
+        assert not _health(port, "127.0.0.1"), "the receiver must bind only to --host"
+        yield f"http://{HOST}:{port}/hooks/data-landed"
     finally:
         serve.terminate()
         serve.wait(timeout=30)
         logs.close()
 
 
-def _health(port: int) -> bool:
+def _health(port: int, host: str = HOST) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -164,12 +166,20 @@ def test_committed_prefect_yaml_matches_the_definitions():
     committed = (ROOT / "deployments" / "prefect.yaml").read_text()
     assert committed == render(str(ROOT / "params.yaml"))
     spec = yaml.safe_load(committed)
-    names = {d["name"] for d in spec["deployments"]}
-    model = "churn-classifier"  # every name carries the model (several share one server)
-    assert names == {f"{model}-{k}" for k in ("scheduled", "on-new-data", "manual", "daily")} | {
-        model  # rollback/<model> and promote/<model>
+    names = {(d["entrypoint"].split(":")[1], d["name"]) for d in spec["deployments"]}
+    assert names == {
+        ("continuous_training", "churn-classifier-scheduled"),
+        ("continuous_training", "churn-classifier-on-new-data"),
+        ("continuous_training", "churn-classifier-manual"),
+        ("drift_monitor", "churn-classifier-daily"),
+        ("repair", "churn-classifier-scheduled"),
+        ("rollback", "churn-classifier"),
+        ("promote", "churn-classifier"),
+        ("production_monitor", "churn-classifier-scheduled"),
     }
-    landed = next(d for d in spec["deployments"] if d["name"] == f"{model}-on-new-data")
+    repair = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":repair"))
+    assert repair["schedules"] == [{"interval": 60, "active": True}]
+    landed = next(d for d in spec["deployments"] if d["name"] == "churn-classifier-on-new-data")
     trigger = landed["triggers"][0]
     assert trigger["expect"] and trigger["match"]["prefect.resource.id"].endswith("batch.parquet")
 
@@ -234,3 +244,95 @@ def test_a_burst_of_bad_requests_starts_nothing_and_service_goes_on(served):
     assert set(codes) == {401}
     assert _health(int(served.split(":")[2].split("/")[0]))
     assert flow_runs_of("continuous-training/churn-classifier-on-new-data") == []
+
+
+def _wait_final(run_id: str, timeout: float):
+    from prefect.client.orchestration import get_client
+
+    def final():
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(run_id)
+        return run if run.state and run.state.is_final() else None
+
+    return wait_for(final, timeout, f"flow run {run_id} to end")
+
+
+def test_a_data_version_whose_run_failed_runs_again_by_hand_and_by_webhook(workspace, served):
+    from prefect.deployments import run_deployment
+
+    from tasks.data import resolve_version
+
+    ws = workspace
+    rev = ws.land_day(1, 3_000)
+    md5 = resolve_version(str(ws.data_repo), "data/batch.parquet", rev).md5
+    body = json.dumps({"path": "data/batch.parquet", "rev": rev, "md5": md5}).encode()
+    good = ws.params_file.read_text()
+    ws.params_file.write_text("data: [a passing mistake\n")  # the run fails at its start
+    status, first = post(served, body, signed(body))
+    assert status == 202, first
+    assert _wait_final(first["flow_run_id"], 120).state.is_failed()
+    ws.params_file.write_text(good)
+
+    by_hand = run_deployment(
+        "continuous-training/churn-classifier-manual",
+        parameters={"rev": rev, "md5": md5, "params_file": str(ws.params_file)},
+        timeout=240,
+    )
+    assert by_hand.state.is_completed(), by_hand.state
+    assert any("promoted" in t for t in ws.slack.texts())
+
+    time.sleep(1.1)  # a freshly signed delivery of the same data
+    status, second = post(served, body, signed(body))
+    assert status == 202 and second["duplicate"] is False, second
+    assert second["flow_run_id"] != first["flow_run_id"]
+    assert _wait_final(second["flow_run_id"], 180).state.is_completed()
+    time.sleep(1.1)
+    status, third = post(served, body, signed(body))  # it finished: exactly once again
+    assert status == 202 and third["flow_run_id"] == second["flow_run_id"], third
+    assert third["duplicate"] is True
+    runs = flow_runs_of("continuous-training/churn-classifier-on-new-data")
+    assert sorted(str(r.id) for r in runs) == sorted([first["flow_run_id"], second["flow_run_id"]])
+
+
+def test_serve_without_a_webhook_secret_serves_the_rest_and_says_why(
+    workspace, prefect_api, tmp_path
+):
+    from prefect.deployments import run_deployment
+
+    ws = workspace
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "PYTHONPATH": str(ROOT),
+        "CTFLOWS_SLACK_WEBHOOK_URL": ws.slack.url,
+    }
+    env.pop("CTFLOWS_WEBHOOK_SECRET", None)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        serve = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "deployments.serve"),
+                *("--params", str(ws.params_file), "--webhook-port", str(port)),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "serving " in log.read_text(), 120, "serving")
+        said = log.read_text()
+        assert "webhook receiver off: no webhook secret" in said
+        assert "CTFLOWS_WEBHOOK_SECRET" in said and "ctflows-webhook-secret" in said
+        assert serve.poll() is None and not _health(port, "127.0.0.1")
+        run = run_deployment(
+            "continuous-training/churn-classifier-manual",
+            parameters={"rev": ws.land_day(1, 3_000), "params_file": str(ws.params_file)},
+            timeout=240,
+        )
+        assert run.state.is_completed(), run.state
+        assert any("promoted" in t for t in ws.slack.texts())
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)

@@ -67,5 +67,10 @@ def test_init_writes_a_suite_the_batch_passes_and_params_that_load(tmp_path):
     assert len(suite["expectations"]) == written.expectations > 15
     raw = yaml.safe_load(Path(written.params_file).read_text())
     assert raw["extends"] == "../../params.yaml"
+    # the project's sensitive column (gender) is not this data's: not inherited, nothing missing
+    assert params.data.sensitive_column is None
+    from tasks.data import check_columns
+
+    check_columns(list(trusted().columns), params)
     with pytest.raises(Refused, match="already exists"):
         init_model(tmp_path, "upsell", tmp_path / "trusted.parquet", label="converted")

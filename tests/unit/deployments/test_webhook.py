@@ -1,5 +1,8 @@
+import asyncio
+import datetime
 import hashlib
 import hmac
+from types import SimpleNamespace
 
 import pytest
 
@@ -8,7 +11,7 @@ from deployments.webhook import (
     ReplayJournal,
     Signed,
     WebhookError,
-    attempt_key,
+    moves_on,
     parse_body,
     sign,
     verify,
@@ -90,22 +93,81 @@ def test_the_data_identity_is_the_md5_when_given():
 
 
 @pytest.mark.parametrize(
-    ("states", "attempt"),
+    ("state", "moves"),
     [
-        ([], 0),
-        (["PENDING"], 0),
-        (["RUNNING"], 0),
-        (["COMPLETED"], 0),
-        (["FAILED"], 1),
-        (["CRASHED"], 1),
-        (["CANCELLED"], 1),
-        (["FAILED", "RUNNING"], 1),
-        (["FAILED", "CRASHED"], 2),
-        (["CRASHED", "FAILED", "COMPLETED"], 2),
+        ("SCHEDULED", False),
+        ("PENDING", False),
+        ("RUNNING", False),
+        ("COMPLETED", False),
+        ("FAILED", True),
+        ("CRASHED", True),
+        ("CANCELLED", True),
     ],
 )
-def test_a_failed_or_crashed_run_moves_the_key_on_anything_else_keeps_it(states, attempt):
-    assert attempt_key("m" * 32, states) == f"data-landed:{'m' * 32}#{attempt}"
+def test_only_a_run_that_did_not_finish_moves_its_data_on_to_a_new_attempt(state, moves):
+    assert moves_on(state) is moves
+
+
+def test_the_key_names_the_data_and_the_attempt():
+    landed = Landed("p", "r", "m" * 32)
+    assert landed.idempotency_key(0) == f"data-landed:{'m' * 32}#0"
+    assert landed.idempotency_key(0) != landed.idempotency_key(1)
+
+
+class FakePrefect:
+    """Prefect's idempotent create in memory: a key it has seen hands back the same run."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, SimpleNamespace] = {}
+
+    async def read_deployment_by_name(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(id="deployment-id")
+
+    async def create_flow_run_from_deployment(self, deployment_id, **kwargs) -> SimpleNamespace:
+        key = kwargs["idempotency_key"]
+        if key not in self.runs:
+            self.runs[key] = SimpleNamespace(
+                id=f"run-{len(self.runs)}",
+                name=key,
+                parameters=kwargs["parameters"],
+                created=datetime.datetime.now(datetime.UTC),
+                state=SimpleNamespace(
+                    type=SimpleNamespace(value="SCHEDULED"), is_final=lambda: False
+                ),
+            )
+        return self.runs[key]
+
+    def end(self, run_id: str, state: str) -> None:
+        run = next(r for r in self.runs.values() if r.id == run_id)
+        run.state = SimpleNamespace(type=SimpleNamespace(value=state), is_final=lambda: True)
+
+
+def test_duplicates_share_a_run_and_a_failed_run_is_started_again():
+    from deployments import receiver
+
+    prefect = FakePrefect()
+    starter = receiver.RunStarter(prefect, "continuous-training/on-new-data", "params.yaml")
+    landed = Landed("p", "r", "m" * 32)
+
+    async def burst(n: int) -> list:
+        async def one():
+            async with starter.one_at_a_time(landed.identity):
+                return await starter.start(landed)
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+    first = asyncio.run(burst(10))
+    assert {s.flow_run_id for s in first} == {"run-0"}
+    assert [s.duplicate for s in first].count(False) == 1
+    prefect.end("run-0", "FAILED")
+    starter.live.clear()  # past FRESH_SECONDS
+    again = asyncio.run(burst(5))
+    assert {s.flow_run_id for s in again} == {"run-1"}
+    prefect.end("run-1", "COMPLETED")
+    starter.live.clear()
+    done = asyncio.run(burst(3))
+    assert {s.flow_run_id for s in done} == {"run-1"}  # a completed run is not started again
+    assert len(prefect.runs) == 2
 
 
 def test_replay_journal_remembers_the_run_until_the_timestamp_is_stale():
@@ -135,3 +197,22 @@ def test_replay_journal_file_stays_bounded_under_steady_traffic(tmp_path):
         journal.record(Signed(f"sig{second}", second), f"run{second}", second)
     assert len(journal) <= 11
     assert len(path.read_text().splitlines()) <= 2 * 11 + 101
+
+
+def test_a_request_goes_to_the_model_it_names_or_whose_data_it_names():
+    from deployments.webhook import Route, WebhookError, choose_route, parse_body
+
+    routes = [
+        Route("churn", "data/batch.parquet", "models.d/churn/params.yaml", "ct/churn-on-new-data"),
+        Route("upsell", "data/upsell.parquet", "models.d/upsell/params.yaml", "ct/upsell-x"),
+    ]
+    by_path = parse_body(b'{"path": "data/upsell.parquet", "rev": "main"}')
+    assert choose_route(by_path, routes).model == "upsell"
+    named = parse_body(b'{"path": "data/other.parquet", "rev": "main", "model": "churn"}')
+    assert choose_route(named, routes).model == "churn"
+    with pytest.raises(WebhookError, match=r"known data paths: data/batch.parquet \(churn\)"):
+        choose_route(parse_body(b'{"path": "data/x.parquet", "rev": "a"}'), routes)
+    with pytest.raises(WebhookError, match="unknown model 'fraud'; known models: churn, upsell"):
+        choose_route(parse_body(b'{"path": "d", "rev": "a", "model": "fraud"}'), routes)
+    with pytest.raises(WebhookError, match="model, when given"):
+        parse_body(b'{"path": "d", "rev": "a", "model": 3}')

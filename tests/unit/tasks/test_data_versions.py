@@ -177,6 +177,8 @@ def test_the_window_reads_each_version_at_its_own_revision(data_repo, tmp_path, 
     rows = read_version(pull_version(version))
     expected = pd.concat([frames[d] for d in reversed(days_used)], ignore_index=True)
     pd.testing.assert_frame_equal(rows, expected)
+    assert [m.window for m in version.members()] == [(m,) for m in version.members()]
+    assert [m.md5 for m in version.members()] == [v.md5 for v in version.window]
     used = json.loads(lineage_tags(version)["ct.data_versions"])
     assert used == [{"rev": revs[d], "md5": md5_of(repo, revs[d])} for d in days_used]
 
@@ -194,7 +196,9 @@ def test_the_window_through_a_url_lists_the_same_versions(data_repo):
         repo.as_uri(), "data/batch.parquet", "main", TrainingWindow(versions=3)
     )
     assert [(v.rev, v.md5) for v in remote.window] == [(v.rev, v.md5) for v in local.window]
-    assert [v.rev for v in remote.window] == [revs[4], revs[3], revs[2]]
+    # main is the decoy's commit, which still holds day 4's version of data/batch.parquet
+    assert [v.md5 for v in remote.window] == [md5_of(repo, revs[d]) for d in (4, 3, 2)]
+    assert [v.rev for v in remote.window[1:]] == [revs[3], revs[2]]
 
 
 # -- 18: configured columns the data lacks ---------------------------------------------------

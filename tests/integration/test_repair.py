@@ -1,0 +1,141 @@
+"""A deploy a killed run left half-done is put right without waiting for a training run: when a
+served process starts, and by the `repair/scheduled` deployment (real Prefect server, MLflow
+store and the Kubernetes API stand-in)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT
+from tests.integration.test_continuous_training import champion_version
+from tests.integration.test_deploy_cluster import (
+    _run_flow_process,
+    configure,
+    deployment,
+    image,
+    inject,
+    requests_seen,
+)
+from tests.kube_standin import Standin
+
+
+@pytest.fixture
+def kube(tmp_path, workspace):
+    with Standin(tmp_path / "kubeconfig", ready_delay=0.3) as standin:
+        configure(workspace, standin)
+        yield standin
+
+
+@contextmanager
+def serving(ws, prefect_api: str, log: Path) -> Iterator[subprocess.Popen]:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
+    env.pop("CTFLOWS_WEBHOOK_SECRET", None)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deployments.serve", "--params", str(ws.params_file)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def wait_until(predicate, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def running_version(kube) -> str | None:
+    return deployment(kube).spec.template.metadata.annotations.get("ctflows.io/model-version")
+
+
+def journal_open(ws) -> bool:
+    from tasks.promote import read_journal
+    from tasks.train import setup_tracking
+
+    setup_tracking(ws.params)
+    return read_journal(ws.params.registry.model_name) is not None
+
+
+def test_a_served_process_repairs_a_half_done_promotion_before_it_serves(
+    workspace, kube, prefect_api, tmp_path
+):
+    from tasks.deploy import Cluster, read_templates
+    from tasks.promote import write_journal
+
+    ws = workspace
+    first = ws.run(ws.land_day(1, 3_000))
+    assert first.version == "1"
+    before = read_templates(Cluster(ws.params.deploy))
+    assert ws.run(ws.land_day(2, 24_000)).version == "2" and image(kube).endswith("-v2")
+    # what a run killed after patching the cluster to v2 leaves: the journal still open
+    write_journal(ws.params.registry.model_name, "2", "1", before)
+
+    log = tmp_path / "serve.log"
+    with serving(ws, prefect_api, log) as proc:
+        wait_until(lambda: "serving " in log.read_text(), 180, "serving")
+        assert proc.poll() is None
+        said = log.read_text()
+    assert "repair at start: an earlier run died" in said, said[-3000:]
+    assert said.index("repair at start") < said.index("serving ")
+    assert champion_version(ws) == running_version(kube) == "1"
+    assert image(kube).endswith("-v1") and not journal_open(ws)
+    assert any("recovered" in t for t in ws.slack.texts())
+
+
+def test_the_scheduled_repair_puts_right_a_kill_9_mid_deploy_without_a_training_run(
+    workspace, kube, prefect_api, tmp_path
+):
+    ws = workspace
+    raw = yaml.safe_load(ws.params_file.read_text())
+    raw["triggers"]["repair_seconds"] = 10
+    ws.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    first = ws.run(ws.land_day(1, 3_000))
+    rev = ws.land_day(2, 24_000)
+
+    log = tmp_path / "serve.log"
+    with serving(ws, prefect_api, log):
+        wait_until(lambda: "serving " in log.read_text(), 180, "serving")
+        assert "repair at start: nothing to repair" in log.read_text()
+        seen = len(requests_seen(kube))
+        inject(kube, method="GET", path="/deployments/churn-model", delay=60, count=1, skip=2)
+        proc = _run_flow_process(ws, rev, prefect_api)
+        wait_until(
+            lambda: (
+                any(r["method"] == "PATCH" for r in requests_seen(kube)[seen:])
+                or proc.poll() is not None
+            ),
+            240,
+            "the deploy's patch",
+        )
+        assert proc.poll() is None, "the flow ended before the point to kill it"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert journal_open(ws) and running_version(kube) == "2"  # the crash left it half-done
+
+        took = wait_until(
+            lambda: not journal_open(ws) and running_version(kube) == "1", 180, "the repair"
+        )
+        # the killed run's slot frees itself within its 60 s lease (+15 s server sweep)
+        assert took < 60 + 15 + 3 * 10 + 30
+    assert champion_version(ws) == first.version == "1" and image(kube).endswith("-v1")
+    assert any("recovered" in t for t in ws.slack.texts())
