@@ -211,7 +211,7 @@ def parse_records(features: pd.Series | list[str]) -> tuple[pd.DataFrame, str | 
         lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
         lines = lines.cast(pa.large_string())
         whole = pa.LargeListArray.from_arrays(pa.array([0, len(lines)], pa.int64()), lines)
-        data = pc.binary_join(whole, "")[0].as_buffer()
+        data = pc.binary_join(whole, pa.scalar("", pa.large_string()))[0].as_buffer()
         options = pj.ReadOptions(block_size=8 << 20)  # blocks parsed on Arrow's threads
         parsed = pj.read_json(pa.BufferReader(data), read_options=options)
         if parsed.num_rows == len(features):
