@@ -39,7 +39,7 @@ test-unit: $(STAMP)  ## unit tests only (seconds, no servers)
 test-integration: $(STAMP) registry-tools  ## integration tests only
 	$(PY) -m pytest tests/integration
 
-bench: $(STAMP) registry-tools  ## speed targets; writes bench/results.json
+bench: $(STAMP) registry-tools  ## served-run speed and memory targets -> bench/results.json, README, scaling.png
 	$(PY) -m bench.run
 
 lint: $(STAMP)  ## ruff and mypy, as before every commit

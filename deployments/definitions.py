@@ -23,6 +23,8 @@ ROLLBACK_FLOW = "rollback"
 ROLLBACK_ENTRYPOINT = "flows/rollback.py:rollback"
 PROMOTE_FLOW = "promote"
 PROMOTE_ENTRYPOINT = "flows/promote.py:promote"
+MONITOR_FLOW = "production-monitor"
+MONITOR_ENTRYPOINT = "flows/production_monitor.py:production_monitor"
 WORK_POOL = "ctflows"
 DATA_LANDED = "on-new-data"  # the deployment the webhook receiver starts
 
@@ -134,6 +136,18 @@ def deployment_specs(
             parameters=base,
             cron=drift.cron,
             timezone=drift.timezone,
+        ),
+        DeploymentSpec(
+            model_deployment(model, "scheduled"),
+            MONITOR_FLOW,
+            MONITOR_ENTRYPOINT,
+            "Watch production: the inference log against the champion's training rows and "
+            "holdout; emit the retraining event past params.monitor's thresholds. By hand: "
+            f"prefect deployment run '{MONITOR_FLOW}/{model_deployment(model, 'scheduled')}'.",
+            parameters=base,
+            cron=params.monitor.schedule.cron,
+            timezone=params.monitor.schedule.timezone,
+            collision_strategy="CANCEL_NEW",
         ),
         DeploymentSpec(
             model_deployment(model, "scheduled"),

@@ -46,7 +46,6 @@ ENV = "CTFLOWS_RUNNER"
 # fork server (Python ignores ImportError in the preload list) and is imported by the run.
 PRELOAD: tuple[str, ...] = (
     "flows.continuous_training",
-    "flows.drift_monitor",
     "pandas",
     "pyarrow.parquet",
     "great_expectations",
@@ -130,18 +129,30 @@ def serve_deployments(deployments: Sequence[Any]) -> None:
     if runner_kind() == "spawn":
         serve(*deployments, print_starting_message=False)
         return
-    from flows.continuous_training import continuous_training
-    from flows.drift_monitor import drift_monitor
-
-    flows: dict[str, Any] = {f.name: f for f in (continuous_training, drift_monitor)}
     runner = Runner(pause_on_shutdown=True)
+    modules: list[str] = []
     for deployment in deployments:
         deployment_id: Any = runner.add_deployment(deployment)  # sync here: a UUID
-        flow = flows.get(deployment.flow_name or "")
+        flow, module = _flow_of(deployment)
         if flow is not None:  # what Runner.add_flow does after add_deployment
             runner._deployment_registry.register_flow(deployment_id, flow)
-    use_forkserver()
+            modules.append(module)
+    use_forkserver(tuple(dict.fromkeys([*modules, *PRELOAD])))
     try:
         asyncio.run(runner.start())
     except (KeyboardInterrupt, TerminationSignal) as exc:
         log.info("received %s, shutting down", type(exc).__name__)
+
+
+def _flow_of(deployment: Any) -> tuple[Any, str]:
+    """The flow object of a deployment's ``flows/module.py:function`` entrypoint, and its
+    module; (None, "") when it is not importable from here (Prefect then runs it from storage)."""
+    import importlib
+
+    path, _, name = str(deployment.entrypoint or "").partition(":")
+    module = path.removesuffix(".py").replace("/", ".")
+    try:
+        return getattr(importlib.import_module(module), name), module
+    except (ImportError, AttributeError, ValueError, TypeError):
+        log.warning("flow runs of %s start from storage: %s not importable", deployment.name, path)
+        return None, ""

@@ -11,10 +11,11 @@ from prefect import flow, get_run_logger
 
 from tasks.config import load_params
 from tasks.deploy import check_deployment, deploy_model
+from tasks.image import check_image
 from tasks.ledger import check_promotable
 from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import begin_rollback, plan_rollback, recover_interrupted, switch_alias
-from tasks.services import failure_text, prefect_deadline
+from tasks.services import failure_text, install_redaction, prefect_deadline
 from tasks.train import hold_training_lock, prepare_tracking
 
 
@@ -31,6 +32,7 @@ def promote(
         params_file: the model's params.yaml.
     """
     params = load_params(params_file)
+    install_redaction()  # no credentials in any log line, Prefect's own included
     name = params.registry.model_name
     with prefect_deadline(params.timeouts), hold_training_lock(params):
         prepare_tracking(params)
@@ -39,6 +41,7 @@ def promote(
         try:
             check_promotable(params, version)
             plan = plan_rollback(params, version)
+            check_image(plan.target.image, params)  # the recorded digest, before any change
             begin_rollback(params, plan, check_deployment(params))
             deployed = deploy_model(plan.target, params)  # reverts the cluster if it fails
             switch_alias(params, plan)

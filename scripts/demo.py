@@ -85,7 +85,8 @@ What it produced:
   Model images (OCI layout, built locally):          {state / "images"}
 
 Open the UIs on it:  make ui
-  (MLflow at http://127.0.0.1:5000, Prefect at {ui.rsplit(":", 1)[0]}:4200)"""
+  (MLflow at http://127.0.0.1:5000, Prefect at {ui.rsplit(":", 1)[0]}:4200)
+Ask the command:     .venv/bin/ctflows status   (and history, rollback, freeze: --help)"""
     )
     return 0
 

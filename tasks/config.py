@@ -8,12 +8,27 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MetricName = Literal["roc_auc", "pr_auc", "f1", "accuracy", "log_loss", "brier"]
+if TYPE_CHECKING:
+    from tasks.gates.fairness import FairnessParams
+
+MetricName = Literal[
+    "roc_auc",
+    "pr_auc",
+    "f1",
+    "accuracy",
+    "log_loss",
+    "brier",
+    "macro_f1",
+    "weighted_f1",
+    "rmse",
+    "mae",
+    "r2",
+]
 
 
 class ConfigError(ValueError):
@@ -141,7 +156,11 @@ class ValidateParams(_Section):
 
 
 class TrainParams(_Section):
+    task: Literal["binary", "multiclass", "regression"] = "binary"
     estimator: str = "lightgbm.LGBMClassifier"
+    # how features are encoded: auto (by estimator: native categories for LightGBM, ordinal
+    # codes for other trees, one-hot + scaling for linear models), native, ordinal, onehot
+    preprocessing: Literal["auto", "native", "ordinal", "onehot"] = "auto"
     seed: int = 42
     n_jobs: int = Field(2, ge=1)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
@@ -153,73 +172,86 @@ class TrainParams(_Section):
             raise ValueError(
                 f"expected an import path like 'lightgbm.LGBMClassifier', got {value!r}"
             )
+        import importlib.util
+
+        top = value.split(".")[0]
+        if importlib.util.find_spec(top) is None:
+            raise ValueError(f"package {top!r} of {value!r} is not installed")
         return value
 
 
-class NoRegressionPolicy(_Section):
-    enabled: bool = True
-    tolerance: float = Field(0.002, ge=0.0)
-
-
-class SignificancePolicy(_Section):
-    enabled: bool = True
-    min_improvement: float = Field(0.0, ge=0.0)
-    resamples: int = Field(1000, ge=50, le=100_000)
-    alpha: float = Field(0.05, gt=0.0, lt=0.5)
-    seed: int = 0
-
-
-class LatencyPolicy(_Section):
-    enabled: bool = True
-    batch_size: int = Field(1000, ge=1)
-    repeats: int = Field(30, ge=5)
-    warmup: int = Field(3, ge=0)
-    max_p95_ms: float | None = Field(250.0, gt=0)
-    max_ratio: float | None = Field(1.5, gt=0)
-
-
-class SizePolicy(_Section):
-    enabled: bool = True
-    max_model_bytes: int | None = Field(50_000_000, gt=0)
-    max_predict_peak_bytes: int | None = Field(512_000_000, gt=0)
-
-
-class FairnessPolicy(_Section):
-    enabled: bool = True
-    # filled from data.sensitive_column when params load (one source); None: no fairness gates
-    sensitive_column: str | None = None
-    slice_columns: list[str] = Field(default_factory=list)
-    min_slice_rows: int = Field(50, ge=1)
-    max_slice_gap: float | None = Field(0.15, ge=0)
-    max_parity_difference: float | None = Field(0.2, ge=0)
-    max_gap_widening: float | None = Field(0.02, ge=0)
-
-
-class ParityPolicy(_Section):
-    enabled: bool = True
-    max_psi: float | None = Field(0.25, ge=0)
-    max_flip_rate: float | None = Field(0.2, ge=0, le=1)
-
-
-class ReproducibilityPolicy(_Section):
-    enabled: bool = False
-    tolerance: float = Field(0.0, ge=0)
+GATE_RENAMES = {
+    "size": "split into gates.model_size (max_bytes) and gates.predict_memory (max_peak_bytes)",
+    "parity": "renamed gates.prediction_parity",
+}
 
 
 class GateParams(_Section):
-    """The promotion policy: every gate optional, each with its thresholds."""
+    """The promotion policy: shared settings, then one section per gate, keyed by the gate's
+    name (see ``tasks/gates/``); every gate optional. ``custom`` lists gates by import path."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     primary_metric: MetricName = "roc_auc"
     threshold: float = Field(0.5, gt=0.0, lt=1.0)  # serving decision threshold
     fail_run_on_reject: bool = False
-    minimums: dict[MetricName, float] = Field(default_factory=dict)
-    no_regression: NoRegressionPolicy = NoRegressionPolicy()
-    significance: SignificancePolicy = SignificancePolicy()
-    latency: LatencyPolicy = LatencyPolicy()
-    size: SizePolicy = SizePolicy()
-    fairness: FairnessPolicy = FairnessPolicy()
-    parity: ParityPolicy = ParityPolicy()
-    reproducibility: ReproducibilityPolicy = ReproducibilityPolicy()
+    custom: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gate_sections(cls, raw: Any) -> Any:
+        """Validate each gate's section with that gate's params model; fill defaults."""
+        from tasks.gates.registry import builtin_gates
+
+        if not isinstance(raw, dict):
+            return raw
+        gates = builtin_gates()
+        out = dict(raw)
+        for key in set(out) - set(cls.model_fields) - set(gates):
+            hint = GATE_RENAMES.get(key) or f"known gates: {sorted(gates)}"
+            raise ValueError(f"{key!r} is not a gate ({hint})")
+        for name, gate in gates.items():
+            value = out.get(name)
+            if isinstance(value, BaseModel):
+                continue
+            try:
+                out[name] = gate.Params.model_validate({} if value is None else value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                key = ".".join(str(p) for p in (name, *first["loc"]))
+                raise ValueError(f"{key}: {first['msg']}") from exc
+        return out
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_gates(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from tasks.gates.registry import GateLoadError, builtin_gates, validate_custom
+
+        try:
+            return validate_custom(value, set(builtin_gates()))
+        except GateLoadError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def rule(self, name: str) -> BaseModel:
+        """The validated params of the built-in gate ``name``."""
+        value = (self.model_extra or {}).get(name)
+        if not isinstance(value, BaseModel):
+            raise KeyError(f"no gate {name!r} in this policy")
+        return value
+
+    @property
+    def fairness(self) -> FairnessParams:
+        """Typed access for other stages (the data stage checks the slice columns exist)."""
+        from tasks.gates.fairness import FairnessParams
+
+        rule = self.rule("fairness")
+        assert isinstance(rule, FairnessParams)
+        return rule
+
+    @property
+    def minimums(self) -> dict[str, float]:
+        root: dict[str, float] = getattr(self.rule("minimums"), "root", {})
+        return root
 
 
 class RegistryParams(_Section):
@@ -529,20 +561,6 @@ class LabelSourceParams(_Section):
     key: str = "prediction_id"  # log column, or a field of the logged records (customer_id)
 
 
-class ShadowParams(_Section):
-    """The candidate replays the last logged production requests offline (gate `shadow`)."""
-
-    enabled: bool = True
-    rows: int = Field(5_000, ge=1)  # the last N logged predictions of the champion
-    min_rows: int = Field(500, ge=1)  # fewer logged: the gate is skipped, and says so
-    max_flip_rate: float | None = Field(0.1, ge=0, le=1)
-    max_score_psi: float | None = Field(0.25, ge=0)
-    max_p95_ms: float | None = Field(250.0, gt=0)  # at the batch sizes production sent
-    latency_repeats: int = Field(10, ge=1)
-    min_labelled_rows: int = Field(100, ge=1)  # for the paired metric comparison
-    tolerance: float = Field(0.002, ge=0)  # how far the gain's upper bound may be below 0
-
-
 class MonitorParams(_Section):
     """Flow `production-monitor`: the inference log against the champion's training rows."""
 
@@ -559,7 +577,6 @@ class MonitorParams(_Section):
     alpha: float = Field(0.05, gt=0, lt=0.5)
     seed: int = 0
     labels: LabelSourceParams = LabelSourceParams()
-    shadow: ShadowParams = ShadowParams()
 
 
 class Params(_Section):
@@ -581,6 +598,34 @@ class Params(_Section):
     timeouts: TimeoutsParams = TimeoutsParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _primary_metric_by_task(cls, raw: Any) -> Any:
+        """Without ``gates.primary_metric``, the task's own default (roc_auc, log_loss, rmse)."""
+        from tasks.metrics import DEFAULT_PRIMARY
+
+        if not isinstance(raw, dict):
+            return raw
+        task = (raw.get("train") or {}).get("task", "binary")
+        gates = raw.get("gates") or {}
+        if isinstance(gates, dict) and "primary_metric" not in gates and task in DEFAULT_PRIMARY:
+            raw = {**raw, "gates": {**gates, "primary_metric": DEFAULT_PRIMARY[task]}}
+        return raw
+
+    @model_validator(mode="after")
+    def _metrics_fit_task(self) -> Params:
+        from tasks.metrics import check_metric
+
+        task = self.train.task
+        keys: list[tuple[str, str]] = [("gates.primary_metric", self.gates.primary_metric)]
+        keys += [(f"gates.minimums.{m}", m) for m in self.gates.minimums]
+        for key, metric in keys:
+            try:
+                check_metric(metric, task)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc} (train.task is {task})") from exc
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -610,6 +655,11 @@ class Params(_Section):
         """Hash of everything that shapes a candidate: data contract, suite, training and gates."""
         relevant = self.model_dump(mode="json", include={"data", "train", "gates"}, by_alias=True)
         relevant["data"] = {k: v for k, v in relevant["data"].items() if k not in {"repo", "rev"}}
+        shadow = relevant["gates"].get("shadow")
+        if isinstance(shadow, dict):  # where production's log lives is not a training param
+            relevant["gates"]["shadow"] = {
+                k: v for k, v in shadow.items() if k not in {"log_url", "labels"}
+            }
         suite = self.validate_.suite
         relevant["suite"] = hashlib.sha256(suite.read_bytes()).hexdigest() if suite.exists() else ""
         blob = json.dumps(relevant, sort_keys=True).encode()
@@ -644,9 +694,9 @@ def _read_mapping(file: Path) -> dict[str, Any]:
     return raw
 
 
-# (section, key) of the values that are paths, made absolute against the file that sets them
-# Paths relative to the file that names them. Not ``project.state_dir``: that one is relative
-# to the project root (see _resolve_paths), so every model's file shares one state dir.
+# (section, key) of the values that are paths, made absolute against the file that sets them.
+# Not ``project.state_dir``: that one is relative to the project root (see _resolve_paths),
+# so every model's file shares one state dir.
 _PATH_KEYS: tuple[tuple[str, str], ...] = (
     ("data", "repo"),
     ("validate", "suite"),
@@ -709,7 +759,23 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
     file = Path(path)
     raw, root = read_raw_params(file)
     params = parse_params(raw, str(file))
-    return _resolve_paths(params, root)
+    return _production_sources(_resolve_paths(params, root))
+
+
+def _production_sources(params: Params) -> Params:
+    """The `shadow` gate reads the production monitor's inference log and labels unless its
+    own section names others."""
+    rule = (params.gates.model_extra or {}).get("shadow")
+    if rule is None or not hasattr(rule, "log_url"):
+        return params
+    update = {
+        "log_url": rule.log_url
+        or params.monitor.log_url
+        or str(params.state_dir / "inference-log"),
+        "labels": rule.labels or params.monitor.labels,
+    }
+    gates = params.gates.model_copy(update={"shadow": rule.model_copy(update=update)})
+    return params.model_copy(update={"gates": gates})
 
 
 def _resolve_paths(params: Params, root: Path) -> Params:

@@ -1,11 +1,12 @@
-"""Stage `train`: a scikit-learn Pipeline (its own encoding included), tracked in MLflow."""
+"""Stage `train`: a scikit-learn Pipeline (its own encoding included), tracked in MLflow.
+
+The estimator and its preprocessing are built in ``tasks.estimators``."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import hashlib
-import importlib
 import logging
 import os
 import pickle
@@ -14,20 +15,28 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.config import Params, load_params
 from tasks.data import DataVersion, read_batch, read_version, split_holdout
+from tasks.estimators import (  # re-exported: the estimator code moved to tasks.estimators
+    build_pipeline,
+    make_estimator,
+    pip_requirements,
+    preprocessing_for,
+    train_model,
+)
 
 if TYPE_CHECKING:  # heavy imports stay out of module import: served runs start faster
     import pandas as pd
-    from sklearn.base import ClassifierMixin
     from sklearn.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+__all__ = ["build_pipeline", "make_estimator", "train_model"]  # from tasks.estimators
 
 LEASE_SECONDS = 60
 
@@ -103,66 +112,6 @@ def training_slot_taken(params: Params) -> bool:
         except ObjectNotFound:
             return False
     return bool(limit.active_slots >= limit.limit)
-
-
-def make_estimator(params: Params) -> ClassifierMixin:
-    """The configured classifier, seeded and with its thread count set explicitly."""
-    module_name, _, class_name = params.train.estimator.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"train.estimator {params.train.estimator!r} cannot be imported") from exc
-    kwargs = dict(params.train.hyperparameters)
-    accepted = cls().get_params()
-    for key, value in (("random_state", params.train.seed), ("n_jobs", params.train.n_jobs)):
-        if key in accepted:
-            kwargs.setdefault(key, value)
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown and not module_name.startswith("lightgbm"):
-        raise ValueError(f"train.hyperparameters {unknown} are not parameters of {cls.__name__}")
-    estimator: ClassifierMixin = cls(**kwargs)
-    return estimator
-
-
-def build_pipeline(params: Params) -> Pipeline:
-    """Encoding + estimator in one object, so every model scores raw batch rows the same way."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OrdinalEncoder
-
-    data = params.data
-    encoder = OrdinalEncoder(
-        handle_unknown="use_encoded_value",
-        unknown_value=-1,
-        encoded_missing_value=-1,
-        dtype="float64",
-    )
-    columns = ColumnTransformer(
-        [
-            ("numeric", "passthrough", data.numeric_features),
-            ("categorical", encoder, data.categorical_features),
-        ],
-        remainder="drop",
-        verbose_feature_names_out=False,
-    )
-    return Pipeline([("columns", columns), ("model", make_estimator(params))])
-
-
-def train_model(df: pd.DataFrame, params: Params) -> Pipeline:
-    """Fit the pipeline on ``df`` (features and label as named in params); deterministic."""
-    data = params.data
-    missing = sorted(set([*data.features, data.label]) - set(df.columns))
-    if missing:
-        raise ValueError(f"training data lacks columns {missing}")
-    pipeline = build_pipeline(params)
-    fit_params: dict[str, Any] = {}
-    if params.train.estimator.startswith("lightgbm."):
-        first_cat = len(data.numeric_features)
-        fit_params["model__categorical_feature"] = list(
-            range(first_cat, first_cat + len(data.categorical_features))
-        )
-    pipeline.fit(df[data.features], df[data.label].to_numpy(), **fit_params)
-    return pipeline
 
 
 def code_version(root: Path | None = None) -> str:
@@ -260,12 +209,9 @@ def find_previous_run(
     )
 
 
-def _pip_requirements() -> list[str]:
+def _pip_requirements(params: Params) -> list[str]:
     """Pinned requirements given explicitly: inferring them costs MLflow 7-10 s per model."""
-    from importlib.metadata import version
-
-    names = ["scikit-learn", "pandas", "numpy", "scipy", "lightgbm", "cloudpickle"]
-    return [f"{name}=={version(name)}" for name in names]
+    return pip_requirements(params)
 
 
 def log_candidate(
@@ -277,30 +223,40 @@ def log_candidate(
     dry_run: bool,
 ) -> tuple[str, str]:
     """Log params, lineage tags and the model with its signature; return (run_id, model_uri)."""
+    import cloudpickle
     import mlflow
     from mlflow.models import infer_signature
+
+    import tasks.encoders
+    from tasks.gates.evidence import predict
 
     sample = df[params.data.features].head(200)
     with warnings.catch_warnings():  # integer columns are intended: nulls fail validation first
         warnings.simplefilter("ignore", UserWarning)
-        signature = infer_signature(sample, pipeline.predict_proba(sample)[:, 1])
+        signature = infer_signature(sample, predict(pipeline, sample, params.train.task))
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.set_tags({**lineage, "ct.dry_run": str(dry_run).lower(), "ct.completed": "false"})
         mlflow.log_params(
             {
                 "estimator": params.train.estimator,
+                "task": params.train.task,
+                "preprocessing": preprocessing_for(params),
                 "seed": params.train.seed,
                 "train_rows": len(df),
                 **{f"hp.{k}": v for k, v in params.train.hyperparameters.items()},
             }
         )
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            signature=signature,
-            pip_requirements=_pip_requirements(),
-            serialization_format="cloudpickle",
-        )
+        cloudpickle.register_pickle_by_value(tasks.encoders)  # the image has no tasks/
+        try:
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                signature=signature,
+                pip_requirements=_pip_requirements(params),
+                serialization_format="cloudpickle",
+            )
+        finally:
+            cloudpickle.unregister_pickle_by_value(tasks.encoders)
     return run.info.run_id, info.model_uri
 
 

@@ -5,7 +5,9 @@
 - ``GET /health``: the process is up (liveness).
 - ``GET /ready``: 200 only once the model is loaded *and* has answered a probe prediction
   built from its signature (readiness); 503 with the reason until then.
-- ``POST /predict``: ``{"records": [{feature: value, ...}, ...]}`` -> ``{"scores": [...]}``.
+- ``POST /predict``: ``{"records": [{feature: value, ...}, ...]}`` -> ``{"scores": [...]}``
+  (P(positive), a regressor's value, or a multiclass model's top probability with
+  ``classes`` and ``probabilities``).
 - ``GET /model``: the model's identity (from the pod's ctflows.io annotations via env).
 - ``GET /metrics``: Prometheus text: requests, latency, logged and dropped log records.
 
@@ -62,7 +64,7 @@ class ModelHolder:
                 c.name: (0 if str(c.type) != "DataType.string" else "")
                 for c in (schema.inputs if schema else [])
             }
-            scores = model.predict_proba(pd.DataFrame([probe]))
+            scores, _ = model_scores(model, pd.DataFrame([probe]))
             if len(scores) != 1:
                 raise RuntimeError("the probe prediction returned no score")
             with self.lock:
@@ -120,14 +122,14 @@ def create_app(
     @app.post("/predict")
     def predict(request: PredictRequest, x_request_id: str | None = Header(None)) -> dict[str, Any]:
         with tracked(telemetry):
-            scores = _predict(request)
+            scores, extra = _predict(request)
             request_id = new_request_id(x_request_id)
             if inference_log is not None:
                 inference_log.record(request_id, request.records, scores)
         telemetry.predictions.inc(len(scores))
-        return {"scores": scores, "request_id": request_id}
+        return {"scores": scores, "request_id": request_id, **extra}
 
-    def _predict(request: PredictRequest) -> list[float]:
+    def _predict(request: PredictRequest) -> tuple[list[float], dict[str, Any]]:
         if holder.error is not None:
             raise HTTPException(503, f"model not ready: {holder.error}")
         import pandas as pd
@@ -136,9 +138,30 @@ def create_app(
         if missing:
             raise HTTPException(422, f"records lack features {missing}")
         try:
-            scores = holder.model.predict_proba(pd.DataFrame(request.records))[:, 1]
+            return model_scores(holder.model, pd.DataFrame(request.records))
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, f"cannot score these records: {exc}") from exc
-        return [float(s) for s in scores]
 
     return app
+
+
+def model_scores(model: Any, frame: Any) -> tuple[list[float], dict[str, Any]]:
+    """One score per record, by task: P(positive) for a binary classifier, the predicted value
+    for a regressor; for a multiclass classifier the probability of the decided class, with
+    the decided ``classes`` and every class's ``probabilities`` as extra fields."""
+    if not hasattr(model, "predict_proba"):  # a regressor
+        return [float(v) for v in model.predict(frame)], {}
+    proba = model.predict_proba(frame)
+    if proba.shape[1] == 2:
+        return [float(s) for s in proba[:, 1]], {}
+    classes = list(getattr(model, "classes_", range(proba.shape[1])))
+    best = proba.argmax(axis=1)
+    extra = {
+        "classes": [_plain(classes[i]) for i in best],
+        "probabilities": [[float(p) for p in row] for row in proba],
+    }
+    return [float(row[i]) for row, i in zip(proba, best, strict=True)], extra
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value

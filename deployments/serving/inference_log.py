@@ -23,13 +23,14 @@ params.yaml:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -274,32 +275,37 @@ class InferenceLog:
         return written
 
     def _tables(self, batch: list[_Pending]) -> dict[tuple[str, str], pa.Table]:
+        import numpy as np
         import pyarrow as pa
 
-        stamp, threshold = self.stamp, self.config.threshold
+        stamp, threshold, encode = self.stamp, self.config.threshold, _json_encoder()
         columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        days: list[str] = []
         for p in batch:
             size = len(p.records)
-            when = datetime.fromtimestamp(p.at, UTC)
-            for i, (features, s) in enumerate(zip(p.records, p.scores, strict=True)):
-                columns["prediction_id"].append(prediction_id(p.request_id, i, size))
-                columns["request_id"].append(p.request_id)
-                columns["row"].append(i)
-                columns["batch_size"].append(size)
-                columns["time"].append(when)
-                columns["features"].append(json.dumps(features, default=str))
-                columns["score"].append(float(s))
-                columns["decision"].append(int(s >= threshold))
+            micros = int(p.at * 1_000_000)
+            day = _day(int(p.at // 86_400))
+            if size == 1:
+                columns["prediction_id"].append(p.request_id)
+            else:
+                columns["prediction_id"].extend(f"{p.request_id}/{i}" for i in range(size))
+            columns["request_id"].extend([p.request_id] * size)
+            columns["row"].extend(range(size))
+            columns["batch_size"].extend([size] * size)
+            columns["time"].extend([micros] * size)
+            columns["features"].extend(encode(r) for r in p.records)
+            columns["score"].extend(p.scores)
+            days.extend([day] * size)
         total = len(columns["score"])
+        scores = np.asarray(columns["score"], dtype=float)
+        columns["decision"] = list((scores >= threshold).astype(np.int8))
         columns["model_name"] = [stamp.model_name] * total
         columns["model_version"] = [stamp.model_version] * total
         columns["image_digest"] = [stamp.image_digest] * total
+        columns["time"] = pa.array(columns["time"], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
         table = pa.Table.from_pydict(columns, schema=arrow_schema())
-        days = [t.strftime("%Y-%m-%d") for t in columns["time"]]
         if len(set(days)) == 1:
             return {(days[0], stamp.model_version): table}
-        import numpy as np
-
         day_arr = np.array(days)
         return {
             (d, stamp.model_version): table.filter(pa.array(day_arr == d))
@@ -320,6 +326,24 @@ class InferenceLog:
             self._thread.join(timeout)
             self._thread = None
         self.flush()
+
+
+@functools.lru_cache(maxsize=8)
+def _day(days_since_epoch: int) -> str:
+    return datetime.fromtimestamp(days_since_epoch * 86_400, UTC).strftime("%Y-%m-%d")
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """One record as JSON text: orjson when installed, else the standard library."""
+    try:
+        import orjson
+
+        def fast(value: Any) -> str:
+            return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+        return fast
+    except ImportError:
+        return json.JSONEncoder(default=str).encode
 
 
 def new_request_id(header: str | None) -> str:

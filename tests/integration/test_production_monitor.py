@@ -80,7 +80,7 @@ def test_drifted_production_traffic_emits_the_event_that_starts_a_retraining(
     def finished():
         done = [
             r
-            for r in flow_runs_of("continuous-training/on-new-data") or []
+            for r in flow_runs_of("continuous-training/churn-classifier-on-new-data") or []
             if r.state and r.state.is_final()
         ]
         return done or None

@@ -175,6 +175,7 @@ def test_committed_prefect_yaml_matches_the_definitions():
         ("repair", "churn-classifier-scheduled"),
         ("rollback", "churn-classifier"),
         ("promote", "churn-classifier"),
+        ("production_monitor", "churn-classifier-scheduled"),
     }
     repair = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":repair"))
     assert repair["schedules"] == [{"interval": 60, "active": True}]

@@ -151,7 +151,8 @@ def test_latency_budget_in_milliseconds(world, tmp_path):
 def test_size_and_memory_budgets(world, tmp_path):
     params, champion, _, holdout = world
     tight = small_params(
-        tmp_path, gates={"size": {"max_model_bytes": 1000, "max_predict_peak_bytes": 10}}
+        tmp_path,
+        gates={"model_size": {"max_bytes": 1000}, "predict_memory": {"max_peak_bytes": 10}},
     )
     report = compare(champion, None, holdout, tight.gates, params.data)
     assert gates_of(report)["model_size"] == "failed"
@@ -200,11 +201,47 @@ def test_reproducibility_gate(world):
     assert reproducibility_gate(champion, other, holdout, 0.0).status == "failed"
 
 
-def test_champion_that_no_longer_fits_the_data_is_a_failed_gate(world):
-    params, _, better, holdout = world
-    report = compare(better, Broken(), holdout, params.gates, params.data)
+def test_champion_that_no_longer_fits_the_data_is_a_failed_gate(world, tmp_path):
+    """A schema change (the data dropped a feature the champion needs) is a decision."""
+    _, champion, _, holdout = world
+    cats = ["payment_method", "internet_service", "region", "plan_tier"]
+    dropped = small_params(tmp_path, data={"categorical_features": cats})  # no `contract`
+    train, _ = split_holdout(make_batch(2, 6_000).drop(columns=["contract"]), dropped.data)
+    candidate = train_model(train, dropped)
+    new_rows = holdout.drop(columns=["contract"])
+    report = compare(candidate, champion, new_rows, dropped.gates, dropped.data)
     assert report.decision == "reject"
-    assert "columns changed" in report.gate("champion_scoring").reason
+    gate = report.gate("champion_scoring")
+    assert gate.status == "failed" and "contract" in gate.reason and "declared" in gate.reason
+
+
+def test_a_declared_schema_change_is_allowed_with_force_and_reported(world, tmp_path):
+    _, champion, _, holdout = world
+    cats = ["payment_method", "internet_service", "region", "plan_tier"]
+    declared = small_params(
+        tmp_path,
+        data={"categorical_features": cats},
+        gates={
+            "champion_scoring": {"declared_schema_change": True},
+            "fairness": {"slice_columns": ["region"]},
+        },
+    )
+    train, _ = split_holdout(make_batch(2, 6_000).drop(columns=["contract"]), declared.data)
+    candidate = train_model(train, declared)
+    new_rows = holdout.drop(columns=["contract"])
+    unforced = compare(candidate, champion, new_rows, declared.gates, declared.data)
+    assert unforced.decision == "reject" and "force" in unforced.gate("champion_scoring").reason
+    forced = compare(candidate, champion, new_rows, declared.gates, declared.data, force=True)
+    assert forced.decision == "promote", forced.to_markdown()
+    gate = forced.gate("champion_scoring")
+    assert gate.status == "skipped" and "contract" in gate.reason
+    assert "schema change" in forced.to_markdown()
+
+
+def test_champion_that_cannot_score_for_another_reason_is_an_error_not_a_decision(world):
+    params, _, better, holdout = world
+    with pytest.raises(EvaluationError, match="columns changed"):
+        compare(better, Broken(), holdout, params.gates, params.data)
 
 
 @pytest.mark.parametrize("drop", ["churned", "tenure_months"])
@@ -246,7 +283,7 @@ def test_every_primary_metric_gates_in_its_direction(world, tmp_path, metric):
         gates={
             "primary_metric": metric,
             "minimums": {metric: floor},
-            "parity": {"enabled": False},  # these made-up scores differ wildly by design
+            "prediction_parity": {"enabled": False},  # these made-up scores differ wildly by design
             "fairness": {"enabled": False},
         },
     ).gates
