@@ -153,6 +153,10 @@ _CONNECTION_ERRORS = (
     "RemoteDisconnected",
     "Connection aborted",
     "Name or service not known",
+    "Connection broken",  # the server died mid-answer (IncompleteRead, ChunkedEncodingError)
+    "IncompleteRead",
+    "Connection reset",
+    "failed with exception",  # MLflow's wording for a request that got no HTTP answer
 )
 
 

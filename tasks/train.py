@@ -291,13 +291,6 @@ def prepare_tracking(params: Params) -> str:
     return experiment_id
 
 
-@task(name="find-previous-run", cache_policy=NONE)
-def lookup_previous_run(experiment_id: str, lineage: dict[str, str]) -> PreviousRun | None:
-    return find_previous_run(
-        experiment_id, lineage["ct.data_md5"], lineage["ct.params_hash"], lineage["ct.git_commit"]
-    )
-
-
 @task(name="complete-run", cache_policy=NONE)
 def complete_run(run_id: str, champion: str | None = None) -> None:
     """Mark the MLflow run as a finished decision, so an identical rerun is skipped, with the

@@ -85,6 +85,11 @@ def test_connection_failures_to_the_tracking_server_are_outages_others_are_not()
     outage = as_mlflow_outage(refused, uri, 30)
     assert outage is not None and "MLflow" in str(outage) and "pw" not in str(outage)
     assert "127.0.0.1:5999" in str(outage)
+    died = MlflowException(
+        "API request to http://u:pw@127.0.0.1:5999/api/2.0/mlflow/runs/create failed with "
+        "exception ('Connection broken: IncompleteRead(0 bytes read, 892 more expected)')"
+    )
+    assert as_mlflow_outage(died, uri, 30) is not None  # the server died mid-answer
     missing = MlflowException("Registered Model with name=churn not found")
     assert as_mlflow_outage(missing, uri, 30) is None
     assert as_mlflow_outage(refused, "sqlite:///x.db", 30) is None
