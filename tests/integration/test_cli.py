@@ -17,13 +17,13 @@ from tests.helpers import ROOT
 from tests.integration.test_continuous_training import champion_version
 from tests.integration.test_deploy_cluster import (
     _run_flow_process,
-    configure,
     deployment,
     image,
     inject,
     requests_seen,
+    standin_with_registry,
+    version_image,
 )
-from tests.kube_standin import Standin
 
 MODEL = "churn-classifier"
 
@@ -48,9 +48,8 @@ def as_json(proc: subprocess.CompletedProcess[str]):
 
 
 @pytest.fixture
-def kube(tmp_path, workspace):
-    with Standin(tmp_path / "kubeconfig", ready_delay=0.3) as standin:
-        configure(workspace, standin)
+def kube(tmp_path, workspace, oci_registry, serving_base):
+    with standin_with_registry(tmp_path, workspace, oci_registry, serving_base) as standin:
         yield standin
 
 
@@ -74,7 +73,7 @@ def test_status_after_promotion_and_rollback_by_the_command(workspace, kube):
     back = ctflows(ws, "rollback", MODEL, "--reason", "latency alarms", "--json")
     assert as_json(back)["kind"] == "rolled-back" and as_json(back)["version"] == "1"
     assert champion_version(ws) == first.version == "1"
-    assert image(kube).endswith("-v1")
+    assert image(kube) == version_image(ws, "1")
     state = as_json(ctflows(ws, "status", MODEL, "--json"))
     assert state["champion"]["version"] == "1" and state["cluster"]["matches_champion"]
     assert state["champion"]["promoted_by"] == "oncall@test"
@@ -86,7 +85,7 @@ def test_status_after_promotion_and_rollback_by_the_command(workspace, kube):
 
     # promote by hand goes through the same path; the cluster first, then the alias
     ctflows(ws, "promote", MODEL, "2", "--reason", "alarm was the load balancer")
-    assert champion_version(ws) == "2" and image(kube).endswith("-v2")
+    assert champion_version(ws) == "2" and image(kube) == version_image(ws, "2")
 
 
 def test_status_shows_the_journal_of_a_killed_run(workspace, kube, prefect_api):
