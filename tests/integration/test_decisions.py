@@ -7,7 +7,13 @@ import pytest
 
 from tasks.deploy import RolloutFailed
 from tests.integration.test_continuous_training import champion_version
-from tests.integration.test_deploy_cluster import apps, image, kube, never_ready  # noqa: F401
+from tests.integration.test_deploy_cluster import (  # noqa: F401
+    apps,
+    image,
+    kube,
+    never_ready,
+    version_image,
+)
 
 
 def test_a_rejection_holds_only_against_the_champion_it_was_compared_with(workspace):
@@ -33,19 +39,20 @@ def test_an_automatic_rollback_is_the_decision_until_forced(workspace, kube):  #
     apps(kube).patch_namespaced_deployment(
         "churn-model", "ctflows", {"spec": {"progressDeadlineSeconds": 1}}
     )
-    never_ready(kube, "2")  # the pods of v2 never become ready: automatic rollback
+    never_ready(kube, "2")  # v2's pods never become ready: rolled back automatically
     day2 = ws.land_day(2, 24_000)
     with pytest.raises(RolloutFailed):
         ws.run(day2)
     assert champion_version(ws) == "1"
-    running = image(kube)
+    assert image(kube) == version_image(ws, "1")
 
     apps(kube).patch_namespaced_deployment(
         "churn-model", "ctflows", {"spec": {"progressDeadlineSeconds": 600}}
     )
     again = ws.run(day2)  # the next trigger on the same data
     assert again.kind == "skipped", again.line()
-    assert champion_version(ws) == "1" and image(kube) == running
+    assert champion_version(ws) == "1" and image(kube) == version_image(ws, "1")
+    assert "rolled" in ws.slack.texts()[-1] or "already" in ws.slack.texts()[-1]
 
     forced = ws.run(day2, force=True)  # someone forces it: decided anew (v3 is healthy)
     assert forced.kind == "promoted" and champion_version(ws) == forced.version
