@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError
-from prefect.runtime import flow_run
 
 from tasks.config import load_params
-from tasks.notify import RunOutcome, notify
+from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import recover_interrupted
 from tasks.train import hold_training_lock, prepare_tracking
 
@@ -48,7 +47,7 @@ def repair(params_file: str = "params.yaml", wait_seconds: float | None = None) 
         logger.info("%s: %s", params.registry.model_name, NOTHING)
         return NOTHING
     notify(
-        RunOutcome("recovered", params.registry.model_name, error=note, flow_run=flow_run.ui_url),
+        RunOutcome("recovered", params.registry.model_name, error=note, flow_run=flow_run_link()),
         params,
     )
     return note
