@@ -93,10 +93,8 @@ def render(r: dict[str, Any]) -> str:
             if other
             else f"| task `{name}` | {seconds:.2f} | |"
         )
-    lines.append(
-        f"| flow overhead outside tasks | {served['outside_tasks']:.2f} | "
-        f"{plain['stages'].get('read', 0):.2f} (read) |"
-    )
+    lines.append(f"| flow outside tasks (Running → Completed) | {served['outside_tasks']:.2f} | |")
+    lines.append(f"| read the batch | (in the tasks) | {plain['stages'].get('read', 0):.2f} |")
     if r.get("scaling"):
         lines += [
             "",
