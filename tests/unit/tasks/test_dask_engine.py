@@ -96,7 +96,7 @@ def test_a_bad_part_is_named_before_any_training(tmp_path, params, breakage, nam
     unreachable = params.model_copy(
         update={"dask": params.dask.model_copy(update={"scheduler": "tcp://127.0.0.1:1"})}
     )
-    with pytest.raises(DataError, match="part-00001.parquet"):
+    with pytest.raises(DataError, match=r"part-00001\.parquet"):
         train_on_dask(version_of(tmp_path / "parts"), unreachable)
 
 
