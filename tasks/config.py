@@ -161,6 +161,9 @@ class TrainParams(_Section):
     # how features are encoded: auto (by estimator: native categories for LightGBM, ordinal
     # codes for other trees, one-hot + scaling for linear models), native, ordinal, onehot
     preprocessing: Literal["auto", "native", "ordinal", "onehot"] = "auto"
+    # local: pandas in the flow's process; dask: LightGBM's Dask estimator on the cluster of
+    # the `dask` section (a data version may then be a directory of Parquet parts)
+    engine: Literal["local", "dask"] = "local"
     seed: int = 42
     n_jobs: int = Field(2, ge=1)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
@@ -177,6 +180,23 @@ class TrainParams(_Section):
         top = value.split(".")[0]
         if importlib.util.find_spec(top) is None:
             raise ValueError(f"package {top!r} of {value!r} is not installed")
+        return value
+
+
+class DaskParams(_Section):
+    """The Dask cluster of ``train.engine: dask``: a scheduler's address, or a local cluster."""
+
+    scheduler: str | None = None  # tcp://host:8786; null: a LocalCluster in the flow's process
+    workers: int = Field(2, ge=1)  # local cluster only
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = "4GiB"  # per local worker
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(tcp|tls|inproc|ucx)://[^\s/]+", value):
+            raise ValueError(f"expected a scheduler address like 'tcp://host:8786', got {value!r}")
         return value
 
 
@@ -594,6 +614,7 @@ class Params(_Section):
     triggers: TriggerParams = TriggerParams()
     drift: DriftParams = DriftParams()
     workpool: WorkPoolParams = WorkPoolParams()
+    dask: DaskParams = DaskParams()
     monitor: MonitorParams = MonitorParams()
     timeouts: TimeoutsParams = TimeoutsParams()
 

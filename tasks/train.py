@@ -221,6 +221,7 @@ def log_candidate(
     experiment_id: str,
     lineage: dict[str, str],
     dry_run: bool,
+    rows: int | None = None,
 ) -> tuple[str, str]:
     """Log params, lineage tags and the model with its signature; return (run_id, model_uri)."""
     import cloudpickle
@@ -242,7 +243,8 @@ def log_candidate(
                 "task": params.train.task,
                 "preprocessing": preprocessing_for(params),
                 "seed": params.train.seed,
-                "train_rows": len(df),
+                "train_rows": len(df) if rows is None else rows,
+                "engine": params.train.engine,
                 **{f"hp.{k}": v for k, v in params.train.hyperparameters.items()},
             }
         )
@@ -266,17 +268,26 @@ def train_candidate(
 ) -> TrainedModel:
     """Fit the candidate on the training split of the pulled batch and log it to MLflow."""
     logger = get_run_logger()
-    train_df, _ = split_holdout(read_version(version), params.data)
-    pipeline = train_model(train_df, params)
-    run_id, model_uri = log_candidate(pipeline, train_df, params, experiment_id, lineage, dry_run)
+    if params.train.engine == "dask":  # LightGBM's Dask estimator; the plain model comes back
+        from tasks.dask_engine import train_on_dask
+
+        on_dask = train_on_dask(version, params)
+        pipeline, train_df, rows = on_dask.pipeline, on_dask.sample, on_dask.train_rows
+    else:
+        train_df, _ = split_holdout(read_version(version), params.data)
+        pipeline, rows = train_model(train_df, params), len(train_df)
+    run_id, model_uri = log_candidate(
+        pipeline, train_df, params, experiment_id, lineage, dry_run, rows
+    )
     logger.info(
-        "trained %s on %d rows md5=%s run_id=%s",
+        "trained %s on %d rows (engine %s) md5=%s run_id=%s",
         params.train.estimator,
-        len(train_df),
+        rows,
+        params.train.engine,
         version.short,
         run_id,
     )
-    return TrainedModel(pipeline, run_id, model_uri, version.md5, len(train_df))
+    return TrainedModel(pipeline, run_id, model_uri, version.md5, rows)
 
 
 @task(name="setup-tracking", retries=2, retry_delay_seconds=2, cache_policy=NONE)
