@@ -44,6 +44,7 @@ def test_an_automatic_rollback_is_the_decision_until_forced(workspace, kube):  #
     with pytest.raises(RolloutFailed):
         ws.run(day2)
     assert champion_version(ws) == "1"
+    assert image(kube) == version_image(ws, "1")
 
     apps(kube).patch_namespaced_deployment(
         "churn-model", "ctflows", {"spec": {"progressDeadlineSeconds": 600}}
@@ -53,5 +54,5 @@ def test_an_automatic_rollback_is_the_decision_until_forced(workspace, kube):  #
     assert champion_version(ws) == "1" and image(kube) == version_image(ws, "1")
     assert "rolled" in ws.slack.texts()[-1] or "already" in ws.slack.texts()[-1]
 
-    forced = ws.run(day2, force=True)
+    forced = ws.run(day2, force=True)  # someone forces it: decided anew (v3 is healthy)
     assert forced.kind == "promoted" and champion_version(ws) == forced.version
