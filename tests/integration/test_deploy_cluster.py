@@ -257,8 +257,8 @@ def _run_flow_process(ws, rev: str, api_url: str) -> subprocess.Popen:
         [sys.executable, "-c", code],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(ws.root / "flow-process.log").open("w"),  # read it when the flow ends early
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -281,8 +281,9 @@ def test_kill_9_mid_promotion_is_repaired_by_the_next_run(workspace, kube, prefe
 
     deadline = time.monotonic() + 240
     while not reached():
-        assert proc.poll() is None, "the flow ended before the point to kill it"
-        assert time.monotonic() < deadline, "never reached the kill point"
+        log = (ws.root / "flow-process.log").read_text
+        assert proc.poll() is None, f"the flow ended before the point to kill it: {log()[-3000:]}"
+        assert time.monotonic() < deadline, f"never reached the kill point: {log()[-3000:]}"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
