@@ -10,6 +10,7 @@ from the DVC remote the repository declares.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import shutil
 import subprocess
@@ -213,11 +214,6 @@ def _fetch_one(version: DataVersion, cache_dir: Path | None) -> DataVersion:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    if version.md5.endswith(".dir"):
-        raise DataError(
-            f"{version.describe()} is a DVC-tracked directory: ctflows reads one Parquet file "
-            "per data version today"
-        )
     try:
         if is_url(version.repo):
             config = {"cache": {"dir": str(cache_dir.resolve())}} if cache_dir else None
@@ -226,16 +222,64 @@ def _fetch_one(version: DataVersion, cache_dir: Path | None) -> DataVersion:
             opened = Repo(version.repo)
         with opened as repo:
             cached = Path(repo.cache.local.oid_to_path(version.md5))
-            if not cached.exists():
+            if not _complete(repo, cached, version):
                 if is_url(version.repo):
                     repo.fetch(targets=[version.path])
                 else:
                     repo.fetch(targets=[version.path], revs=[version.rev], workspace=False)
             if not cached.exists():
                 raise _missing(version, repo)
+            if version.md5.endswith(".dir"):
+                cached = _materialize_parts(repo, cached, version)
     except DvcException as exc:
         raise DataError(f"dvc fetch of {version.describe()} failed: {exc}") from exc
     return replace(version, local_path=cached, history=())
+
+
+def _dir_entries(manifest: Path) -> list[dict[str, str]]:
+    """The files of a DVC-tracked directory: its ``.dir`` object lists relpath and md5."""
+    import json
+
+    entries = json.loads(manifest.read_text())
+    return sorted(entries, key=lambda e: e["relpath"])
+
+
+def _complete(repo: Any, cached: Path, version: DataVersion) -> bool:
+    if not cached.exists():
+        return False
+    if not version.md5.endswith(".dir"):
+        return True
+    return all(Path(repo.cache.local.oid_to_path(e["md5"])).exists() for e in _dir_entries(cached))
+
+
+def _materialize_parts(repo: Any, manifest: Path, version: DataVersion) -> Path:
+    """A DVC-tracked directory of Parquet parts as a folder of links into the DVC cache
+    (content-addressed, so one folder per directory md5 is safe to share); a part missing from
+    every cache and remote is an error naming it."""
+    entries = _dir_entries(manifest)
+    missing = [
+        e["relpath"] for e in entries if not Path(repo.cache.local.oid_to_path(e["md5"])).exists()
+    ]
+    if missing:
+        raise MissingDataError(
+            f"{version.describe()}: part(s) {missing} are in neither the DVC cache nor the "
+            "remote; run `dvc push` where this version was produced"
+        )
+    if not entries:
+        raise DataError(f"{version.describe()} is an empty directory: no Parquet parts")
+    folder = manifest.parent / f"{manifest.name}.parts"
+    if not folder.exists():
+        staging = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        for entry in entries:
+            link = staging / entry["relpath"]
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path(repo.cache.local.oid_to_path(entry["md5"])).resolve())
+        try:
+            staging.rename(folder)  # atomic: a reader sees all parts or none
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # another process got there first
+    return folder
 
 
 def _missing(version: DataVersion, repo: Any) -> MissingDataError:
@@ -298,11 +342,23 @@ def init_data_repo(repo: Path, remote: Path) -> None:
         _run(repo, "git", "commit", "-q", "-m", "Initialize DVC")
 
 
-def publish_batch(repo: Path, df: pd.DataFrame, path: str, message: str) -> str:
-    """Write ``df`` at ``path``, ``dvc add`` + commit + ``dvc push`` it; return the commit."""
+def publish_batch(
+    repo: Path, df: pd.DataFrame | list[pd.DataFrame], path: str, message: str
+) -> str:
+    """Write ``df`` at ``path``, ``dvc add`` + commit + ``dvc push`` it; return the commit.
+
+    A list of frames is written as a directory of Parquet parts (``part-00000.parquet``, ...),
+    DVC-tracked as one directory: one data version, one md5.
+    """
     target = repo / path
     target.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(target, index=False)
+    if isinstance(df, list):
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        for i, part in enumerate(df):
+            part.to_parquet(target / f"part-{i:05d}.parquet", index=False)
+    else:
+        df.to_parquet(target, index=False)
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 

@@ -101,6 +101,19 @@ def hold_training_lock(params: Params, wait_seconds: float | None = None) -> Ite
         yield
 
 
+def training_slot_taken(params: Params) -> bool:
+    """Whether a run holds the model's training slot now (a killed run's until its lease ends)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(training_lock(params))
+        except ObjectNotFound:
+            return False
+    return bool(limit.active_slots >= limit.limit)
+
+
 def code_version(root: Path | None = None) -> str:
     """The git commit of the ctflows code; uncommitted changes add a hash of the diff.
 
@@ -208,6 +221,7 @@ def log_candidate(
     experiment_id: str,
     lineage: dict[str, str],
     dry_run: bool,
+    rows: int | None = None,
 ) -> tuple[str, str]:
     """Log params, lineage tags and the model with its signature; return (run_id, model_uri)."""
     import cloudpickle
@@ -229,7 +243,8 @@ def log_candidate(
                 "task": params.train.task,
                 "preprocessing": preprocessing_for(params),
                 "seed": params.train.seed,
-                "train_rows": len(df),
+                "train_rows": len(df) if rows is None else rows,
+                "engine": params.train.engine,
                 **{f"hp.{k}": v for k, v in params.train.hyperparameters.items()},
             }
         )
@@ -253,17 +268,26 @@ def train_candidate(
 ) -> TrainedModel:
     """Fit the candidate on the training split of the pulled batch and log it to MLflow."""
     logger = get_run_logger()
-    train_df, _ = split_holdout(read_version(version), params.data)
-    pipeline = train_model(train_df, params)
-    run_id, model_uri = log_candidate(pipeline, train_df, params, experiment_id, lineage, dry_run)
+    if params.train.engine == "dask":  # LightGBM's Dask estimator; the plain model comes back
+        from tasks.dask_engine import train_on_dask
+
+        on_dask = train_on_dask(version, params)
+        pipeline, train_df, rows = on_dask.pipeline, on_dask.sample, on_dask.train_rows
+    else:
+        train_df, _ = split_holdout(read_version(version), params.data)
+        pipeline, rows = train_model(train_df, params), len(train_df)
+    run_id, model_uri = log_candidate(
+        pipeline, train_df, params, experiment_id, lineage, dry_run, rows
+    )
     logger.info(
-        "trained %s on %d rows md5=%s run_id=%s",
+        "trained %s on %d rows (engine %s) md5=%s run_id=%s",
         params.train.estimator,
-        len(train_df),
+        rows,
+        params.train.engine,
         version.short,
         run_id,
     )
-    return TrainedModel(pipeline, run_id, model_uri, version.md5, len(train_df))
+    return TrainedModel(pipeline, run_id, model_uri, version.md5, rows)
 
 
 @task(name="setup-tracking", retries=2, retry_delay_seconds=2, cache_policy=NONE)
@@ -276,13 +300,6 @@ def prepare_tracking(params: Params) -> str:
         "MLflow store %s, experiment %s", redact(tracking_uri(params)), experiment_id
     )
     return experiment_id
-
-
-@task(name="find-previous-run", cache_policy=NONE)
-def lookup_previous_run(experiment_id: str, lineage: dict[str, str]) -> PreviousRun | None:
-    return find_previous_run(
-        experiment_id, lineage["ct.data_md5"], lineage["ct.params_hash"], lineage["ct.git_commit"]
-    )
 
 
 @task(name="complete-run", cache_policy=NONE)

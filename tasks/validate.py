@@ -197,7 +197,12 @@ def _details(batch: Any, suite: Any, outcome: Any) -> list[Failure]:
 def validate_data(version: DataVersion, params: Params) -> ValidationResult:
     """Validate the pulled batch; raise DataValidationError so the run stops before training."""
     logger = get_run_logger()
-    result = validate_batch(read_version(version), params)
+    if params.train.engine == "dask":  # each Parquet part on a worker, whole-batch checks across
+        from tasks.dask_engine import validate_on_dask
+
+        result = validate_on_dask(version, params)
+    else:
+        result = validate_batch(read_version(version), params)
     if not result.success:
         for failure in result.failures:
             logger.error("md5=%s %s", version.short, failure)

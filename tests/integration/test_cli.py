@@ -11,17 +11,18 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 import yaml
 
 from tests.helpers import ROOT
 from tests.integration.test_continuous_training import champion_version
-from tests.integration.test_deploy_cluster import (  # noqa: F401 (kube is a fixture)
+from tests.integration.test_deploy_cluster import (
     _run_flow_process,
     deployment,
     image,
     inject,
-    kube,
     requests_seen,
+    standin_with_registry,
     version_image,
 )
 
@@ -54,7 +55,13 @@ def no_timing_gate(ws) -> None:
     ws.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def test_status_after_promotion_and_rollback_by_the_command(workspace, kube):  # noqa: F811
+@pytest.fixture
+def kube(tmp_path, workspace, oci_registry, serving_base):
+    with standin_with_registry(tmp_path, workspace, oci_registry, serving_base) as standin:
+        yield standin
+
+
+def test_status_after_promotion_and_rollback_by_the_command(workspace, kube):
     ws = workspace
     no_timing_gate(ws)
     first = ws.run(ws.land_day(1, 3_000))
@@ -90,7 +97,7 @@ def test_status_after_promotion_and_rollback_by_the_command(workspace, kube):  #
     assert champion_version(ws) == "2" and image(kube) == version_image(ws, "2")
 
 
-def test_status_shows_the_journal_of_a_killed_run(workspace, kube, prefect_api):  # noqa: F811
+def test_status_shows_the_journal_of_a_killed_run(workspace, kube, prefect_api):
     ws = workspace
     no_timing_gate(ws)
     ws.run(ws.land_day(1, 3_000))
