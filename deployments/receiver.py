@@ -145,7 +145,9 @@ class RunStarter:
         attempt = self.attempts.get(landed.identity, 0)
         refreshed = False
         while True:
-            key = landed.idempotency_key(attempt)
+            # Prefect keeps idempotency keys per flow, not per deployment: the deployment (the
+            # model) is part of the key, so two models landing the same data never share a run
+            key = f"{self.deployment}:{landed.idempotency_key(attempt)}"
             asked = datetime.datetime.now(datetime.UTC)
             try:
                 run = await self.client.create_flow_run_from_deployment(
