@@ -75,6 +75,29 @@ def render(r: dict[str, Any]) -> str:
     ):
         if key in r:
             lines.append(f"| {label} | {_s(r[key])} | {target or ''} |")
+    if "image_build_push_seconds" in r:
+        lines.append(
+            f"| model image build + push (loopback registry), share of a served full run | "
+            f"{_s(r['image_build_push_seconds'])}, {r['image_share_of_flow']:.1%} | "
+            f"≤ {t['image_share_of_flow']:.0%}{_mark(met.get('image_share_of_flow'))} |"
+        )
+    if "webhook_load" in r:
+        w = r["webhook_load"]
+        lines.append(
+            f"| webhook under load ({w['requests']} signed requests, {w['in_flight']} in "
+            f"flight): p50 / p95 | {_s(w['p50_seconds'])} / {_s(w['p95_seconds'])} | "
+            f"p95 ≤ {t['webhook_p95_seconds']:.0f} s{_mark(met.get('webhook_p95'))} |"
+        )
+    if "serving_log_slowdown" in r:
+        lines.append(
+            f"| serving with the inference log, requests/s on / off (p95 ms on / off) | "
+            f"{r['serving_rps_log_on']:.0f} / {r['serving_rps_log_off']:.0f} "
+            f"({r['serving_p95_ms_log_on']:.1f} / {r['serving_p95_ms_log_off']:.1f}) | "
+            f"≤ {t['serving_log_slowdown']:.0%} slower{_mark(met.get('serving_log_slowdown'))} |"
+        )
+    for key, label in (("monitor_seconds", "production monitor, 1M logged predictions"),):
+        if key in r:
+            lines.append(f"| {label} | {_s(r[key])} | |")
     lines += [
         "",
         "Where a served full run's time goes (median seconds per stage; the plain script's "

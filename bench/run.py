@@ -47,6 +47,9 @@ TARGETS = {
     "landed_to_rollout_over_plain": 2.0,
     "rss_over_batch": 3.0,
     "drift_seconds_1m": 5.0,
+    "image_share_of_flow": 0.10,
+    "webhook_p95_seconds": 1.0,
+    "serving_log_slowdown": 0.05,
 }
 
 
@@ -148,6 +151,7 @@ def measure(args: argparse.Namespace, state: Path) -> dict[str, Any]:
         results["gates_seconds_1m"] = round(gates_s, 3)
         results["score_both_seconds_1m"] = round(score_s, 3)
         results["drift_seconds_1m"] = round(bench_drift(params), 3)
+        results.update(bench_components(params, state, args.rows, runs, served["full_seconds"]))
     ratios = {
         "full_over_plain": round(served["full_seconds"] / plain["seconds"], 3),
         "unchanged_over_full": round(served["unchanged_seconds"] / served["full_seconds"], 3),
@@ -168,6 +172,15 @@ def measure(args: argparse.Namespace, state: Path) -> dict[str, Any]:
         else None,
         "drift_seconds_1m": results["drift_seconds_1m"] <= TARGETS["drift_seconds_1m"]
         if "drift_seconds_1m" in results
+        else None,
+        "image_share_of_flow": results["image_share_of_flow"] <= TARGETS["image_share_of_flow"]
+        if "image_share_of_flow" in results
+        else None,
+        "webhook_p95": results["webhook_load"]["p95_seconds"] <= TARGETS["webhook_p95_seconds"]
+        if "webhook_load" in results
+        else None,
+        "serving_log_slowdown": results["serving_log_slowdown"] <= TARGETS["serving_log_slowdown"]
+        if "serving_log_slowdown" in results
         else None,
     }
     return results
@@ -424,6 +437,29 @@ def bench_drift(params: Any) -> float:
     started = time.perf_counter()
     detect_drift(reference, current, data, params.drift)
     return time.perf_counter() - started
+
+
+def bench_components(
+    params: Any, state: Path, rows: int, runs: int, flow_seconds: float
+) -> dict[str, Any]:
+    """The parts users meet apart from a training run: the model image's build and push, the
+    webhook receiver under load, serving with and without the inference log, the production
+    monitor over a million logged predictions."""
+    from bench.image import bench_image, save_benchmark_model
+    from bench.serving import measure_monitor, measure_serving
+    from bench.webhook_load import bench_webhook_load
+
+    out: dict[str, Any] = {}
+    print("model image: build + push to a loopback registry ...", flush=True)
+    model_dir = save_benchmark_model(params, rows, state / "image-model")
+    out.update(bench_image(params, model_dir, runs, flow_seconds))
+    print("webhook receiver under load ...", flush=True)
+    out["webhook_load"] = bench_webhook_load(state / "webhook-load")
+    print("serving with the inference log on and off ...", flush=True)
+    out.update(measure_serving())
+    print("production monitor over 1,000,000 logged predictions ...", flush=True)
+    out.update(measure_monitor())
+    return out
 
 
 def _cores() -> int:
