@@ -1,0 +1,98 @@
+"""The models one installation trains: the root params.yaml, or one folder each in models.d/.
+
+    params.yaml                  shared defaults (and the only model while models.d/ is empty)
+    models.d/<name>/params.yaml  `extends: ../../params.yaml` plus what differs for <name>
+    models.d/<name>/suite.json   its Great Expectations suite (written by `ctflows init`)
+
+models/ stays the output folder of the `dvc repro` train stage (models/model.pkl).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.config import ConfigError, Params, load_params
+
+MODELS_DIR = "models.d"
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class UnknownModel(LookupError):
+    """A model name the installation does not declare; the message lists the known ones."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name, self.known = name, known
+        super().__init__(f"unknown model {name!r}; known models: {', '.join(known) or '(none)'}")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One declared model: its name (in deployment names and on the command line) and params."""
+
+    name: str
+    params_file: Path
+
+    def params(self) -> Params:
+        return load_params(self.params_file)
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise ConfigError(
+            f"model name {name!r}: use lowercase letters, digits and dashes (at most 63), "
+            "as in Kubernetes and Prefect deployment names"
+        )
+    return name
+
+
+def discover(root: Path) -> list[Model]:
+    """The models declared under ``root``, by name; each params file is loaded and checked.
+
+    Two models may not share a registered model name or a Kubernetes Deployment: they would
+    move each other's champion or replace each other's pods.
+    """
+    root = root.resolve()
+    folder = root / MODELS_DIR
+    files = sorted(folder.glob("*/params.yaml")) if folder.is_dir() else []
+    if files:
+        models = [Model(check_name(f.parent.name), f) for f in files]
+    else:
+        base = root / "params.yaml"
+        models = [Model(check_name(load_params(base).registry.model_name), base)]
+    owners: dict[tuple[str, str], str] = {}
+    for model in models:
+        params = model.params()
+        for key in (
+            ("registry.model_name", params.registry.model_name),
+            ("deploy.deployment", f"{params.deploy.namespace}/{params.deploy.deployment}"),
+        ):
+            if key in owners:
+                raise ConfigError(
+                    f"models {owners[key]!r} and {model.name!r} share {key[0]} {key[1]!r}; "
+                    "give each model its own"
+                )
+            owners[key] = model.name
+    return models
+
+
+def find(root: Path, name: str) -> Model:
+    models = discover(root)
+    for model in models:
+        if model.name == name:
+            return model
+    raise UnknownModel(name, [m.name for m in models])
+
+
+def model_for_data_path(models: list[Model], path: str) -> Model | None:
+    """The model whose ``data.path`` is ``path`` (the webhook's routing)."""
+    for model in models:
+        if model.params().data.path == path:
+            return model
+    return None
+
+
+def deployment_name(model: str, kind: str) -> str:
+    """The served deployment name of one of a model's triggers: ``<model>-<kind>``."""
+    return f"{model}-{kind}"

@@ -1,0 +1,159 @@
+"""Start served flow runs from a fork server that has already imported ctflows' libraries.
+
+What Prefect 3.8.8 does (prefect/runner/runner.py, `_resolve_starter`):
+`prefect.serve(*deployments)` registers each deployment with its storage only, so every flow
+run is started by `EngineCommandStarter` as `python -m prefect.engine`, a new interpreter
+that loads the flow from its entrypoint and imports Prefect, pandas, Great Expectations,
+scikit-learn, LightGBM, MLflow and DVC before the first task: seconds on every run. Only a
+flow registered in memory (what `Runner.add_flow` and `flow.serve()` do) goes through
+`DirectSubprocessStarter`, which calls `prefect.flow_engine.run_flow_in_subprocess`: still a
+fresh process, started with `multiprocessing.get_context("spawn")`, so it imports everything
+again too. Prefect has no option for a warm worker; `prefect/runner/_starter_direct.py`
+names its module-level `run_flow_in_subprocess` reference as the point to override.
+
+What this module does: `serve_deployments()` registers each deployment with its flow object
+in memory (as `Runner.add_flow` does), and `use_forkserver()` makes that start path use
+Python's `forkserver` method instead of `spawn`, with the libraries preloaded in the server.
+Each flow run is still its own process, forked from a small single-threaded server that has
+only imported modules (no event loop, no client, no open files of the runner), so a crash or
+a kill of one run touches nothing else, and Prefect's state handling, logs, cancellation
+(by pid) and crash detection are unchanged. What changes for users:
+
+- code is imported once, when serving starts: restart `deployments.serve` after editing
+  flows/ or tasks/ or changing installed packages (params.yaml is still read by every run);
+  a package replaced under a running server breaks runs that import its submodules late;
+- the fork server starts in the background with the runner, so the first run may still wait
+  for the imports; the next ones do not.
+
+`CTFLOWS_RUNNER=spawn` keeps Prefect's own behaviour (`prefect.serve`, a new interpreter per
+run).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENV = "CTFLOWS_RUNNER"
+
+# What a continuous-training run imports; a module that fails to import is skipped by the
+# fork server (Python ignores ImportError in the preload list) and is imported by the run.
+PRELOAD: tuple[str, ...] = (
+    "flows.continuous_training",
+    "pandas",
+    "pyarrow.parquet",
+    "great_expectations",
+    "great_expectations.expectations",
+    "sklearn.pipeline",
+    "sklearn.compose",
+    "sklearn.preprocessing",
+    "sklearn.metrics",
+    "lightgbm",
+    "mlflow",
+    "mlflow.sklearn",
+    "mlflow.tracking",
+    "dvc.api",
+    "dvc.repo",
+    "kubernetes.client",
+    "kubernetes.config",
+    "slack_sdk.webhook",
+    "matplotlib.pyplot",
+)
+
+
+class _ForkserverMultiprocessing:
+    """`multiprocessing` as Prefect's flow engine sees it, with every context a fork server."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def get_context(self, method: str | None = None) -> Any:
+        return self._context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(multiprocessing, name)
+
+
+def runner_kind() -> str:
+    """`forkserver` (the default) or `spawn`, from $CTFLOWS_RUNNER."""
+    kind = os.environ.get(ENV, "forkserver").strip().lower() or "forkserver"
+    if kind not in {"forkserver", "spawn"}:
+        raise ValueError(f"${ENV} must be 'forkserver' or 'spawn', not {kind!r}")
+    return kind
+
+
+def use_forkserver(preload: Sequence[str] = PRELOAD, warm: bool = True) -> bool:
+    """Make Prefect's runner start in-memory flow runs from a preloaded fork server.
+
+    Returns False (and changes nothing) where the fork server is unavailable or
+    $CTFLOWS_RUNNER is `spawn`. With ``warm`` the fork server starts now, in the background.
+    """
+    if runner_kind() == "spawn":
+        log.info("flow runs start as spawned processes ($%s=spawn)", ENV)
+        return False
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        log.warning("no fork server on this platform: flow runs start as spawned processes")
+        return False
+    import prefect.flow_engine as engine
+    import prefect.runner._starter_direct as direct
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    engine.multiprocessing = _ForkserverMultiprocessing(context)  # type: ignore[assignment]
+    direct.run_flow_in_subprocess = engine.run_flow_in_subprocess
+    if warm:
+        threading.Thread(
+            target=multiprocessing.forkserver.ensure_running, name="forkserver", daemon=True
+        ).start()
+    log.info("flow runs start from a fork server preloaded with %d modules", len(preload))
+    return True
+
+
+def serve_deployments(deployments: Sequence[Any]) -> None:
+    """`prefect.serve(*deployments)`, with every flow run forked from the preloaded server.
+
+    With $CTFLOWS_RUNNER=spawn this is exactly `prefect.serve`.
+    """
+    import asyncio
+
+    from prefect import serve
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    if runner_kind() == "spawn":
+        serve(*deployments, print_starting_message=False)
+        return
+    runner = Runner(pause_on_shutdown=True)
+    modules: list[str] = []
+    for deployment in deployments:
+        deployment_id: Any = runner.add_deployment(deployment)  # sync here: a UUID
+        flow, module = _flow_of(deployment)
+        if flow is not None:  # what Runner.add_flow does after add_deployment
+            runner._deployment_registry.register_flow(deployment_id, flow)
+            modules.append(module)
+    use_forkserver(tuple(dict.fromkeys([*modules, *PRELOAD])))
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        log.info("received %s, shutting down", type(exc).__name__)
+
+
+def _flow_of(deployment: Any) -> tuple[Any, str]:
+    """The flow object of a deployment's ``flows/module.py:function`` entrypoint, and its
+    module; (None, "") when it is not importable from here (Prefect then runs it from storage)."""
+    import importlib
+
+    path, _, name = str(deployment.entrypoint or "").partition(":")
+    module = path.removesuffix(".py").replace("/", ".")
+    try:
+        return getattr(importlib.import_module(module), name), module
+    except (ImportError, AttributeError, ValueError, TypeError):
+        log.warning("flow runs of %s start from storage: %s not importable", deployment.name, path)
+        return None, ""

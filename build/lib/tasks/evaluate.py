@@ -1,0 +1,222 @@
+"""Stage `evaluate`: score candidate and champion on the same held-out rows, then gate.
+
+The gates are units of their own (``tasks/gates/``), configured under ``gates:`` in
+params.yaml; each reports ``passed``, ``failed`` or ``skipped`` with its measured values,
+threshold and a reason. Metrics live in ``tasks.metrics``, the paired bootstrap in
+``tasks.resampling``, the report in ``tasks.reports``, its plots in ``tasks.plots``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from tasks.config import DataParams, GateParams, Params, load_params
+from tasks.data import DataVersion, read_batch, read_version, split_holdout
+from tasks.gates.evidence import Scorer, build_evidence, check_holdout, measure_latency, score
+from tasks.gates.fairness import slice_metrics
+from tasks.gates.model_size import model_bytes
+from tasks.gates.registry import build_gates, run_gates
+from tasks.gates.reproducibility import reproducibility_result
+from tasks.metrics import HIGHER_IS_BETTER, TaskType, compute_metrics, metric_value, psi
+from tasks.plots import write_gate_overview, write_plots
+from tasks.reports import (
+    Decision,
+    EvaluationError,
+    Gate,
+    GateError,
+    GateRejected,
+    GateReport,
+    GateResult,
+    fmt,
+)
+from tasks.resampling import bootstrap_gain
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "EvaluationError",
+    "Gate",
+    "GateError",
+    "GateRejected",
+    "GateReport",
+    "GateResult",
+    "bootstrap_gain",
+    "check_holdout",
+    "compare",
+    "compute_metrics",
+    "measure_latency",
+    "metric_value",
+    "model_bytes",
+    "psi",
+    "reproducibility_gate",
+    "score",
+    "slice_metrics",
+    "write_plots",
+]
+
+
+def compare(
+    candidate: Scorer,
+    champion: Scorer | None,
+    holdout: pd.DataFrame,
+    policy: GateParams,
+    data: DataParams | None = None,
+    extra_gates: tuple[GateResult, ...] = (),
+    force: bool = False,
+    task: TaskType = "binary",
+    retrain: Callable[[], Any] | None = None,
+) -> GateReport:
+    """Gate ``candidate`` against ``champion`` on exactly the same ``holdout`` rows.
+
+    ``data`` names the label and feature columns (default: the repo's params.yaml). Every gate
+    of the policy (built-in and ``gates.custom``) sees the same evidence, computed once.
+    A champion that lost columns it was trained on is a schema change, judged by the
+    ``champion_scoring`` gate; any other error (a model that cannot score, a gate that
+    raises, a disturbed timer) raises: an error is never a decision. ``force`` skips the
+    gates that allow it (no-regression and significance) and, with a declared schema change,
+    the comparison with the champion; every other gate still applies.
+    """
+    data = data or load_params().data
+    evidence = build_evidence(candidate, champion, holdout, policy, data, task, force, retrain)
+    gates = build_gates(policy)
+    evidence.artifacts["plotting_gates"] = [g for g in gates if callable(getattr(g, "plot", None))]
+    results = run_gates(gates, evidence) + list(extra_gates)
+    decision: Decision = "reject" if any(g.status == "failed" for g in results) else "promote"
+    return GateReport(
+        decision,
+        policy.primary_metric,
+        evidence.candidate_metrics,
+        evidence.champion_metrics,
+        tuple(results),
+        len(holdout),
+        evidence,
+        task,
+        tuple(evidence.notes),
+    )
+
+
+def reproducibility_gate(
+    model: Scorer, retrained: Scorer, holdout: pd.DataFrame, tolerance: float
+) -> GateResult:
+    """Retraining on the same data and params must give the same predictions."""
+    return reproducibility_result(model, retrained, holdout, tolerance)
+
+
+def log_report(report: GateReport, run_id: str, plots_dir: Path) -> None:
+    """Metrics, the report JSON/markdown and its plots on the candidate's MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for name, value in report.candidate_metrics.items():
+        if not math.isnan(value):
+            client.log_metric(run_id, f"holdout_{_metric_key(name)}", value)
+    for name, value in (report.champion_metrics or {}).items():
+        if not math.isnan(value):
+            client.log_metric(run_id, f"champion_holdout_{_metric_key(name)}", value)
+    client.log_dict(run_id, report.to_dict(), "gates/report.json")
+    client.log_text(run_id, report.to_markdown(), "gates/report.md")
+    write_plots(report, plots_dir)
+    write_gate_overview(report, plots_dir)
+    client.log_artifacts(run_id, str(plots_dir), "gates")
+    client.set_tag(run_id, "ct.decision", report.decision)
+
+
+def _metric_key(name: str) -> str:
+    """MLflow metric names allow no brackets: ``recall[2]`` is logged as ``recall_2``."""
+    return name.replace("[", "_").replace("]", "")
+
+
+@task(name="evaluate-candidate", cache_policy=NONE)
+def evaluate_candidate(
+    candidate: Scorer,
+    champion: Scorer | None,
+    version: DataVersion,
+    params: Params,
+    run_id: str,
+    force: bool = False,
+) -> GateReport:
+    """Gate the candidate on the batch's held-out rows; log the report to MLflow and Prefect."""
+    import tempfile
+
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    logger = get_run_logger()
+    train_df, holdout = split_holdout(read_version(version), params.data)
+
+    def retrain() -> Any:
+        from tasks.train import train_model
+
+        return train_model(train_df, params)
+
+    report = compare(
+        candidate,
+        champion,
+        holdout,
+        params.gates,
+        params.data,
+        (),
+        force,
+        params.train.task,
+        retrain,
+    )
+    for note in report.notes:
+        (logger.warning if note.startswith("WARNING") else logger.info)("%s", note)
+    with tempfile.TemporaryDirectory() as plots:
+        log_report(report, run_id, Path(plots))
+    create_table_artifact(report.table_rows(), key="gate-report", description=report.decision)
+    create_markdown_artifact(report.to_markdown(), key="gate-summary")
+    logger.info(
+        "decision=%s %s candidate=%.4f champion=%s md5=%s run_id=%s",
+        report.decision,
+        report.primary_metric,
+        report.candidate_primary,
+        fmt(report.champion_primary) or "none",
+        version.short,
+        run_id,
+    )
+    for gate in report.failed:
+        logger.warning("gate %s failed: %s", gate.name, gate.reason)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """dvc.yaml stage `evaluate`: the candidate's holdout metrics as JSON."""
+    parser = argparse.ArgumentParser(description="Score a trained pipeline on the holdout split.")
+    parser.add_argument("batch", type=Path, help="parquet batch the model was trained on")
+    parser.add_argument("--model", type=Path, required=True, help="pickled pipeline")
+    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics to write")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    _, holdout = split_holdout(read_batch(args.batch), params.data)
+    model = pickle.loads(args.model.read_bytes())
+    check_holdout(holdout, params.data)
+    from tasks.gates.evidence import encode_labels
+
+    task_type = params.train.task
+    y = encode_labels(holdout[params.data.label].to_numpy(), model, task_type)
+    scores = score(model, holdout, "model", task_type)
+    metrics = compute_metrics(y, scores, params.gates.threshold, task_type)
+    args.metrics.parent.mkdir(parents=True, exist_ok=True)
+    args.metrics.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    print(json.dumps(metrics, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
