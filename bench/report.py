@@ -58,6 +58,16 @@ def render(r: dict[str, Any]) -> str:
             f"{_s(warm['flow_seconds'])} / {_s(warm['plain_seconds'])} / "
             f"{_s(warm['rerun_seconds'])} | |"
         )
+    if warm.get("skip_imports"):
+        skip = warm["skip_imports"]
+        heavy = ", ".join(
+            f"{name} ({skip['import_seconds'].get(name, 0):.2f} s)" for name in skip["imported"]
+        )
+        untouched = [n for n in ("great_expectations", "lightgbm") if n not in skip["imported"]]
+        lines.append(
+            f"| unchanged-data run as a fresh process imports | {heavy or 'none of the heavy'}"
+            f" | not GX, not LightGBM{_mark(len(untouched) == 2)} |"
+        )
     for key, label, target in (
         ("gates_seconds_1m", "all gates (1,000 paired resamples), 1M-row holdout", None),
         ("score_both_seconds_1m", "score both models once, 1M rows", None),
@@ -83,25 +93,31 @@ def render(r: dict[str, Any]) -> str:
             if other
             else f"| task `{name}` | {seconds:.2f} | |"
         )
-    lines.append(
-        f"| flow overhead outside tasks | {served['outside_tasks']:.2f} | "
-        f"{plain['stages'].get('read', 0):.2f} (read) |"
-    )
+    lines.append(f"| flow outside tasks (Running → Completed) | {served['outside_tasks']:.2f} | |")
+    lines.append(f"| read the batch | (in the tasks) | {plain['stages'].get('read', 0):.2f} |")
     if r.get("scaling"):
         lines += [
             "",
             "Memory and time of a served full run as the batch grows (peak resident memory of "
             "the flow-run process, against the batch's in-memory size):",
             "",
-            "| rows | batch in memory | peak RSS | RSS / batch | run time |",
-            "|---|---|---|---|---|",
+            "| rows | batch in memory | peak RSS | of which libraries | RSS / batch | run time |",
+            "|---|---|---|---|---|---|",
         ]
         for row in r["scaling"]:
+            libs = row.get("library_rss_bytes")
             lines.append(
                 f"| {row['rows']:,} | {row['batch_bytes'] / 2**20:.0f} MiB | "
-                f"{row['peak_rss_bytes'] / 2**20:.0f} MiB | {row['rss_over_batch']:.1f}"
+                f"{row['peak_rss_bytes'] / 2**20:.0f} MiB | "
+                f"{'—' if libs is None else f'{libs / 2**20:.0f} MiB'} | "
+                f"{row['rss_over_batch']:.1f}"
                 f"{_mark(row['rss_over_batch'] <= t['rss_over_batch'])} | {_s(row['seconds'])} |"
             )
+        lines += [
+            "",
+            "Peak RSS counts the libraries a run has imported (shared with the fork server, "
+            "so paid once per machine, not per run); they dominate small batches.",
+        ]
         lines += ["", "![memory and time against rows](bench/scaling.png)"]
     return "\n".join(lines)
 

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each (median kept)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--state", type=Path, default=ROOT / ".ctflows" / "bench")
+    parser.add_argument("--plain-from", type=Path, help="reuse plain_cold of this results file")
     parser.add_argument("--no-warm", action="store_true", help="skip the in-process figures")
     parser.add_argument("--no-extras", action="store_true", help="skip gates and drift on 1M")
     args = parser.parse_args(argv)
@@ -105,9 +106,12 @@ def measure(args: argparse.Namespace, state: Path) -> dict[str, Any]:
     from tasks.data import make_batch
 
     runs = args.runs
-    print(f"plain cold script, {runs} runs of {args.rows:,} rows ...", flush=True)
-    plain = bench_plain(state / "plain", args.rows, runs)
-    print(f"  median {plain['seconds']:.2f} s", flush=True)
+    if args.plain_from:  # a trial of the served part alone, against an earlier baseline
+        plain = json.loads(args.plain_from.read_text())["plain_cold"]
+    else:
+        print(f"plain cold script, {runs} runs of {args.rows:,} rows ...", flush=True)
+        plain = bench_plain(state / "plain", args.rows, runs)
+        print(f"  median {plain['seconds']:.2f} s", flush=True)
 
     print("served runs: Prefect server, deployments.serve, webhook, stand-in ...", flush=True)
     with served_stack(state / "served") as stack:
@@ -258,6 +262,7 @@ def served_scaling(stack: Stack, rows: int, day: int) -> dict[str, Any]:
         "batch_bytes": size,
         "peak_rss_bytes": timing.peak_rss_bytes,
         "rss_over_batch": round(timing.peak_rss_bytes / size, 2),
+        "library_rss_bytes": stack.library_rss(),
         "seconds": round(timing.total, 3),
         "tasks": timing.tasks,
     }
@@ -351,16 +356,38 @@ def bench_warm(folder: Path, rows: int, runs: int) -> dict[str, Any]:
         plain_s, plain_all = _median_time(lambda i: plain(days[1 + i], champion), runs)
         flow_s, flow_all = _median_time(lambda i: flow(days[1 + runs + i], full), runs)
         rerun_s, rerun_all = _median_time(lambda i: flow(days[1 + runs + i], {"skipped"}), runs)
+        skip = skip_imports(revs[days[1 + runs]], data_repo, params_file)
     return {
         "flow_seconds": round(flow_s, 3),
         "plain_seconds": round(plain_s, 3),
         "rerun_seconds": round(rerun_s, 3),
+        "skip_imports": skip,
         "all": {
             "flow": [round(t, 3) for t in flow_all],
             "plain": [round(t, 3) for t in plain_all],
             "rerun": [round(t, 3) for t in rerun_all],
         },
     }
+
+
+def skip_imports(rev: str, repo: Path, params_file: Path) -> dict[str, Any]:
+    """Which heavy libraries an unchanged-data run imports, in a fresh process."""
+    from bench.skipcheck import import_seconds
+
+    cmd = [sys.executable, "-X", "importtime", "-m", "bench.skipcheck", "--rev", rev]
+    proc = subprocess.run(
+        [*cmd, "--repo", str(repo), "--params", str(params_file)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise BenchError(f"the unchanged run in a fresh process did not skip: {proc.stdout[-300:]}")
+    info = json.loads(lines[-1])
+    return {"imported": info["imported"], "import_seconds": import_seconds(proc.stderr)}
 
 
 def bench_gates(params: Any) -> tuple[float, float]:

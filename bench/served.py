@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,10 +108,12 @@ class Stack:
                 "Content-Type": "application/json",
             },
         )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            if resp.status != 202:
-                raise BenchError(f"webhook answered {resp.status}: {resp.read()[:200]!r}")
-            return str(json.loads(resp.read())["flow_run_id"]), time.time()
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                answer = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise BenchError(f"webhook answered {exc.code}: {exc.read()[:300]!r}") from exc
+        return str(answer["flow_run_id"]), time.time()
 
     def run_manual(self, rev: str) -> tuple[str, float]:
         """A run of `continuous-training/manual` on ``rev`` (what a schedule or a person starts)."""
@@ -173,6 +176,17 @@ class Stack:
                 timing.landed_to_rollout = ends["deploy-model"] - landed
         return timing
 
+    def library_rss(self) -> int | None:
+        """Resident memory of the fork server (the preloaded libraries alone), if there is one:
+        a forked run shares these pages, and its RSS counts them."""
+        import psutil
+
+        for child in psutil.Process(self.serve.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "forkserver" in " ".join(child.cmdline()):
+                    return int(child.memory_info().rss)
+        return None
+
     def served_image(self) -> str:
         """The image the stand-in's serving Deployment runs now."""
         url = f"{self.kube_url}/apis/apps/v1/namespaces/ctflows/deployments/churn-model"
@@ -222,16 +236,24 @@ class RssSampler:
 
 def write_params(root: Path, kubeconfig: Path, data_repo: Path, registry: str, base: str) -> Path:
     """params.yaml as shipped, with state under ``root``, the stand-in as cluster, images pushed
-    to the loopback registry, and the two champion-relative gates off so every landed version
-    that passes the others ships."""
+    to the loopback registry, and gate bounds that compute everything but never block."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["project"]["state_dir"] = str(root / "state")
     raw["validate"]["suite"] = str(ROOT / raw["validate"]["suite"])
     raw["data"]["repo"] = str(data_repo)
     raw["deploy"].update(target="cluster", kubeconfig=str(kubeconfig))
     raw["image"].update(repository=f"{registry}/churn-model", base=base)
-    raw["gates"]["no_regression"]["enabled"] = False
-    raw["gates"]["significance"]["enabled"] = False
+    # every gate is computed as shipped, with bounds that cannot block: the decision is always
+    # to promote, so every run is timed through the rollout whatever the machine's noise
+    gates = raw["gates"]
+    gates["significance"]["enabled"] = False  # its bound cannot be widened below 0
+    gates["no_regression"]["tolerance"] = 1.0
+    for section in gates.values():
+        if isinstance(section, dict):
+            for key, value in section.items():
+                if key.startswith("max_") and isinstance(value, int | float):
+                    unbounded = value > 1 or "psi" in key
+                    section[key] = int(1e12) if unbounded else 1.0
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

@@ -108,15 +108,13 @@ def write_params(state: Path, **webhook: Any) -> Path:
 
 def register_data_landed(params_file: Path) -> str:
     """Register (not serve) the data-landed deployment; its full name."""
-    from deployments.definitions import DATA_LANDED, deployment_specs
+    from deployments.definitions import data_landed_deployment, deployment_specs
     from deployments.serve import build_deployment
     from tasks.config import load_params
 
-    spec = next(
-        s
-        for s in deployment_specs(load_params(params_file), str(params_file))
-        if s.name == DATA_LANDED
-    )
+    params = load_params(params_file)
+    name = data_landed_deployment(params)
+    spec = next(s for s in deployment_specs(params, str(params_file)) if s.full_name == name)
     build_deployment(spec).apply()
     return spec.full_name
 

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from deployments.definitions import DATA_LANDED, TRAINING_FLOW, data_landed_deployment
+from deployments.definitions import data_landed_deployment
 from deployments.webhook import (
     PATH,
     Landed,
@@ -41,9 +41,9 @@ from deployments.webhook import (
     ReplayJournal,
     Route,
     WebhookError,
-    choose_route,
     moves_on,
     parse_body,
+    route,
     verify,
     webhook_secret,
 )
@@ -84,6 +84,7 @@ class RunStarter:
     """Creates at most one live flow run per data version, through one shared Prefect client."""
 
     def __init__(self, client: Any, deployment: str, params_file: str) -> None:
+        """``deployment``: the full name of one model's data-landed deployment."""
         self.client = client
         self.deployment = deployment
         self.params_file = params_file
@@ -176,7 +177,7 @@ class RunStarter:
         return started, bool(run.state and run.state.is_final())
 
 
-async def resolve_landed(landed: Landed, params: Params) -> Landed:
+async def resolve_landed(landed: Landed, repo: str) -> Landed:
     """A request without md5 names a revision, which may move (``main``): pin it to its commit
     and md5 now, so the key names the data and the run trains on what the request meant."""
     if landed.md5:
@@ -184,12 +185,10 @@ async def resolve_landed(landed: Landed, params: Params) -> Landed:
     from tasks.data import DataError, resolve_version
 
     try:
-        version = await asyncio.to_thread(
-            resolve_version, params.data.repo, landed.path, landed.rev
-        )
+        version = await asyncio.to_thread(resolve_version, repo, landed.path, landed.rev)
     except DataError as exc:
         raise WebhookError(422, f"cannot resolve {landed.path}@{landed.rev}: {exc}") from exc
-    return Landed(landed.path, version.rev, version.md5)
+    return Landed(landed.path, version.rev, version.md5, landed.model)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -210,28 +209,27 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def model_routes(params_file: str) -> list[tuple[Route, Params]]:
-    """One route per model of the project whose root params file is ``params_file``."""
+def model_routes(params_file: str) -> list[Route]:
+    """A route per model of the project whose root params file is ``params_file``."""
     from ctflows.catalog import discover
 
     routes = []
     for model in discover(Path(params_file).resolve().parent):
-        model_params = model.params()
-        route = Route(
-            model.name,
-            model_params.data.path,
-            str(model.params_file),
-            data_landed_deployment(model_params, model.name),
+        params = model.params()
+        deployment = data_landed_deployment(params, model.name)
+        routes.append(
+            Route(
+                model.name, params.data.path, deployment, str(model.params_file), params.data.repo
+            )
         )
-        routes.append((route, model_params))
     return routes
 
 
-def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
-    """The receiver's ASGI app: `GET /health` and `POST /hooks/data-landed`."""
+def create_app(params: Params, routes: list[Route], secret: str) -> FastAPI:
+    """The receiver's ASGI app: `GET /health` and `POST /hooks/data-landed`. ``params`` (the
+    project's root params) sets the webhook's limits; ``routes`` says where each model's
+    requests go."""
     hook = params.triggers.webhook
-    routes = model_routes(params_file)
-    models = {route.model: model_params for route, model_params in routes}
     journal = ReplayJournal(hook.tolerance_seconds, params.state_dir / "webhook" / "accepted.log")
     budget = max(0.5, hook.request_timeout_seconds - 0.5)  # answer before the hard cut-off
 
@@ -241,8 +239,7 @@ def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
 
         async with get_client() as client:
             app.state.starters = {
-                route.model: RunStarter(client, route.deployment, route.params_file)
-                for route, _ in routes
+                r.model: RunStarter(client, r.deployment, r.params_file) for r in routes
             }
             yield
 
@@ -262,8 +259,7 @@ def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
     @app.post(PATH, status_code=202)
     async def data_landed(request: Request) -> JSONResponse:
         client = request.client.host if request.client else "-"
-        stage = "receive"
-        deployment = f"{TRAINING_FLOW}/<model>-{DATA_LANDED}"  # named once the request is routed
+        stage, deployment = "receive", "the data-landed deployment"
         try:
             async with asyncio.timeout(budget):
                 body = await read_body(request, hook.max_body_bytes)
@@ -271,9 +267,10 @@ def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
                 headers = {k.lower(): v for k, v in request.headers.items()}
                 signed = verify(secret, headers, body, now, hook.tolerance_seconds)
                 landed = parse_body(body)
-                route = choose_route(landed, [route for route, _ in routes])
-                deployment = route.deployment
-                starter: RunStarter = request.app.state.starters[route.model]
+                target = route(landed, routes)
+                landed = dataclasses.replace(landed, model=target.model)
+                deployment = target.deployment
+                starter: RunStarter = request.app.state.starters[target.model]
                 stage = "start"
                 async with starter.one_at_a_time(landed.identity):
                     earlier = journal.accepted(signed.signature, time.time())
@@ -281,7 +278,7 @@ def create_app(params: Params, params_file: str, secret: str) -> FastAPI:
                         raise WebhookError(
                             409, f"this request was already accepted as flow run {earlier}"
                         )
-                    landed = await resolve_landed(landed, models[route.model])
+                    landed = await resolve_landed(landed, target.repo)
                     started = await starter.start(landed)
                     journal.record(signed, started.flow_run_id, time.time())
         except WebhookError as exc:
@@ -355,12 +352,14 @@ class Receiver:
     """The receiver bound to its socket (port 0 picks a free one), served in this thread or
     in a background thread that stops with ``stop()``."""
 
-    def __init__(self, params: Params, params_file: str, secret: str, host: str, port: int):
+    def __init__(
+        self, params: Params, routes: list[Route], secret: str, host: str, port: int
+    ) -> None:
         import uvicorn
 
         hook = params.triggers.webhook
         self.config = uvicorn.Config(
-            create_app(params, params_file, secret),
+            create_app(params, routes, secret),
             host=host,
             port=port,
             http=deadline_protocol(hook.request_timeout_seconds),
@@ -419,7 +418,7 @@ class Receiver:
 def make_receiver(params_file: str, host: str, port: int) -> Receiver:
     """The receiver for ``params_file``; NoSecret if no webhook secret is configured."""
     params = load_params(params_file)
-    return Receiver(params, params_file, webhook_secret(params), host, port)
+    return Receiver(params, model_routes(params_file), webhook_secret(params), host, port)
 
 
 def main(argv: list[str] | None = None) -> None:

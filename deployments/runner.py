@@ -20,7 +20,8 @@ a kill of one run touches nothing else, and Prefect's state handling, logs, canc
 (by pid) and crash detection are unchanged. What changes for users:
 
 - code is imported once, when serving starts: restart `deployments.serve` after editing
-  flows/ or tasks/ (params.yaml is still read by every run);
+  flows/ or tasks/ or changing installed packages (params.yaml is still read by every run);
+  a package replaced under a running server breaks runs that import its submodules late;
 - the fork server starts in the background with the runner, so the first run may still wait
   for the imports; the next ones do not.
 

@@ -170,7 +170,7 @@ class Landed:
     path: str
     rev: str
     md5: str | None
-    model: str | None = None  # explicit routing; else the model whose data.path is ``path``
+    model: str | None = None  # the model named in the request, or the one it was routed to
 
     @property
     def identity(self) -> str:
@@ -182,7 +182,42 @@ class Landed:
         return f"ctflows.data:{self.identity}"
 
     def idempotency_key(self, attempt: int) -> str:
-        return f"data-landed:{self.identity}#{attempt}"
+        """Unique per model, data version and attempt (Prefect keys are per flow, and every
+        model's data-landed deployment runs the same flow)."""
+        return f"data-landed:{self.model or ''}:{self.identity}#{attempt}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where requests for one model go: its data path, deployment and params file."""
+
+    model: str
+    data_path: str
+    deployment: str
+    params_file: str
+    repo: str
+
+
+def route(landed: Landed, routes: Sequence[Route]) -> Route:
+    """The model a request is for: the one it names in ``model``, else the one whose
+    ``data.path`` is its ``path`` (an installation with one model takes every path)."""
+    known = ", ".join(f"{r.model} ({r.data_path})" for r in routes)
+    if landed.model is not None:
+        for candidate in routes:
+            if candidate.model == landed.model:
+                return candidate
+        raise WebhookError(422, f"unknown model {landed.model!r}; known models: {known}")
+    if len(routes) == 1:
+        return routes[0]
+    matching = [r for r in routes if r.data_path == landed.path]
+    if len(matching) == 1:
+        return matching[0]
+    if not matching:
+        raise WebhookError(
+            422, f"no model trains on {landed.path!r}; models and their data: {known}"
+        )
+    names = ", ".join(r.model for r in matching)
+    raise WebhookError(422, f"models {names} all train on {landed.path!r}: name one in `model`")
 
 
 def moves_on(state_type: str) -> bool:
@@ -211,36 +246,8 @@ def parse_body(body: bytes) -> Landed:
         raise WebhookError(422, "md5, when given, must be a 32-character hex string")
     model = data.get("model")
     if model is not None and (not isinstance(model, str) or not model):
-        raise WebhookError(422, "model, when given, must be a model name (a string)")
+        raise WebhookError(422, "model, when given, must be a model name")
     return Landed(data["path"], data["rev"], md5, model)
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where a data-landed request for one model goes."""
-
-    model: str
-    data_path: str
-    params_file: str
-    deployment: str
-
-
-def choose_route(landed: Landed, routes: Sequence[Route]) -> Route:
-    """The model a request is for: its ``model`` field, else the model whose ``data.path`` it
-    names. A request that names no known model is refused (422), listing what is known."""
-    if landed.model is not None:
-        for route in routes:
-            if route.model == landed.model:
-                return route
-        known = ", ".join(r.model for r in routes)
-        raise WebhookError(422, f"unknown model {landed.model!r}; known models: {known}")
-    for route in routes:
-        if route.data_path == landed.path:
-            return route
-    known = ", ".join(f"{r.data_path} ({r.model})" for r in routes)
-    raise WebhookError(
-        422, f"no model trains on {landed.path!r}; known data paths: {known} (or send `model`)"
-    )
 
 
 class NoSecret(RuntimeError):
@@ -251,7 +258,7 @@ def webhook_secret(params: Params) -> str:
     """The shared secret, from ``triggers.webhook.secret_env`` or its Prefect Secret block."""
     hook = params.triggers.webhook
     secret = os.environ.get(hook.secret_env)
-    if not secret and hook.secret_block:
+    if not secret and hook.secret_block and _prefect_api_configured():
         from prefect.blocks.system import Secret
 
         try:
@@ -265,6 +272,13 @@ def webhook_secret(params: Params) -> str:
             where += f" or the Prefect Secret block {hook.secret_block!r}"
         raise NoSecret(f"no webhook secret: set {where} (triggers.webhook in params)")
     return secret
+
+
+def _prefect_api_configured() -> bool:
+    """Without an API URL, Prefect would start a temporary server just to say "no block"."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,13 @@ from tasks.promote import (
     register_candidate,
     restore_champion,
 )
-from tasks.services import call_with_deadline, failure_text, outage_of, prefect_deadline
+from tasks.services import (
+    call_with_deadline,
+    failure_text,
+    install_redaction,
+    outage_of,
+    prefect_deadline,
+)
 from tasks.train import (
     code_version,
     complete_run,
@@ -55,6 +61,7 @@ def continuous_training(
         params_file: the params.yaml to use.
     """
     params = load_params(params_file)
+    install_redaction()  # no credentials in any log line, Prefect's own included
     with prefect_deadline(params.timeouts), hold_training_lock(params):
         return _continuous_training(params, rev, path, repo, md5, dry_run, force)
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
-from prefect.runtime import flow_run
 
 from tasks.config import load_params
 from tasks.data import pull_data, read_version, resolve_data, split_holdout
 from tasks.drift import DriftReport, measure_drift, should_retrain
-from tasks.notify import RunOutcome, notify
+from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import champion_data_version
 from tasks.train import prepare_tracking
 
@@ -67,7 +66,7 @@ def drift_monitor(
             current.md5,
             failed_gates=tuple(f"{f.feature}: {f.reason()}" for f in report.drifted),
             deploy="retraining requested" if retrain else None,
-            flow_run=flow_run.ui_url,
+            flow_run=flow_run_link(),
         ),
         params,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
 from tasks.config import load_params
 from tasks.monitor import MonitorReport, analyse_window
@@ -17,6 +16,7 @@ from tasks.monitor_io import (
     publish_report,
     request_retraining,
 )
+from tasks.notify import flow_run_link
 from tasks.train import prepare_tracking
 
 
@@ -53,7 +53,7 @@ def production_monitor(
         logger.warning(note)
     if report.retrain:
         request_retraining(report, params)
-    publish_report(report, reference, window, params, flow_run.ui_url)
+    publish_report(report, reference, window, params, flow_run_link())
     logger.info(report.summary())
     return report
 

@@ -15,7 +15,7 @@ from tasks.image import check_image
 from tasks.ledger import check_promotable
 from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import begin_rollback, plan_rollback, recover_interrupted, switch_alias
-from tasks.services import failure_text, prefect_deadline
+from tasks.services import failure_text, install_redaction, prefect_deadline
 from tasks.train import hold_training_lock, prepare_tracking
 
 
@@ -32,6 +32,7 @@ def promote(
         params_file: the model's params.yaml.
     """
     params = load_params(params_file)
+    install_redaction()  # no credentials in any log line, Prefect's own included
     name = params.registry.model_name
     with prefect_deadline(params.timeouts), hold_training_lock(params):
         prepare_tracking(params)

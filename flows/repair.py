@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError
-from prefect.runtime import flow_run
 
 from tasks.config import load_params
-from tasks.notify import RunOutcome, notify
+from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.promote import recover_interrupted
-from tasks.train import hold_training_lock, prepare_tracking
+from tasks.train import hold_training_lock, prepare_tracking, training_slot_taken
 
 NOTHING = "nothing to repair"
 BUSY = "a run holds the training slot (it repairs at its own start); nothing done"
@@ -31,11 +30,15 @@ def repair(params_file: str = "params.yaml", wait_seconds: float | None = None) 
 
     Args:
         params_file: the params.yaml to use.
-        wait_seconds: how long to wait for the training slot (default: ``repair_seconds``
-            minus 10 s, so a tick never overlaps the next).
+        wait_seconds: how long to wait for the training slot (`make serve` at its start
+            waits out a killed run's lease). By default (the schedule) a slot taken now means
+            a live run, and nothing is done.
     """
     logger = get_run_logger()
     params = load_params(params_file)
+    if wait_seconds is None and training_slot_taken(params):
+        logger.info(BUSY)  # looked first: a timed-out wait for the slot logs an ERROR
+        return BUSY
     wait = wait_seconds if wait_seconds is not None else max(1, params.triggers.repair_seconds - 10)
     try:
         with hold_training_lock(params, wait_seconds=wait):
@@ -48,7 +51,7 @@ def repair(params_file: str = "params.yaml", wait_seconds: float | None = None) 
         logger.info("%s: %s", params.registry.model_name, NOTHING)
         return NOTHING
     notify(
-        RunOutcome("recovered", params.registry.model_name, error=note, flow_run=flow_run.ui_url),
+        RunOutcome("recovered", params.registry.model_name, error=note, flow_run=flow_run_link()),
         params,
     )
     return note

@@ -14,7 +14,7 @@ from tasks.promote import (
     recover_interrupted,
     switch_alias,
 )
-from tasks.services import failure_text, prefect_deadline
+from tasks.services import failure_text, install_redaction, prefect_deadline
 from tasks.train import hold_training_lock, prepare_tracking
 
 
@@ -34,6 +34,7 @@ def rollback(
     """
     logger = get_run_logger()
     params = load_params(params_file)
+    install_redaction()  # no credentials in any log line, Prefect's own included
     name = params.registry.model_name
     with prefect_deadline(params.timeouts), hold_training_lock(params):
         prepare_tracking(params)

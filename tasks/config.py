@@ -581,20 +581,6 @@ class LabelSourceParams(_Section):
     key: str = "prediction_id"  # log column, or a field of the logged records (customer_id)
 
 
-class ShadowParams(_Section):
-    """The candidate replays the last logged production requests offline (gate `shadow`)."""
-
-    enabled: bool = True
-    rows: int = Field(5_000, ge=1)  # the last N logged predictions of the champion
-    min_rows: int = Field(500, ge=1)  # fewer logged: the gate is skipped, and says so
-    max_flip_rate: float | None = Field(0.1, ge=0, le=1)
-    max_score_psi: float | None = Field(0.25, ge=0)
-    max_p95_ms: float | None = Field(250.0, gt=0)  # at the batch sizes production sent
-    latency_repeats: int = Field(10, ge=1)
-    min_labelled_rows: int = Field(100, ge=1)  # for the paired metric comparison
-    tolerance: float = Field(0.002, ge=0)  # how far the gain's upper bound may be below 0
-
-
 class MonitorParams(_Section):
     """Flow `production-monitor`: the inference log against the champion's training rows."""
 
@@ -611,7 +597,6 @@ class MonitorParams(_Section):
     alpha: float = Field(0.05, gt=0, lt=0.5)
     seed: int = 0
     labels: LabelSourceParams = LabelSourceParams()
-    shadow: ShadowParams = ShadowParams()
 
 
 class Params(_Section):
@@ -691,6 +676,11 @@ class Params(_Section):
         """Hash of everything that shapes a candidate: data contract, suite, training and gates."""
         relevant = self.model_dump(mode="json", include={"data", "train", "gates"}, by_alias=True)
         relevant["data"] = {k: v for k, v in relevant["data"].items() if k not in {"repo", "rev"}}
+        shadow = relevant["gates"].get("shadow")
+        if isinstance(shadow, dict):  # where production's log lives is not a training param
+            relevant["gates"]["shadow"] = {
+                k: v for k, v in shadow.items() if k not in {"log_url", "labels"}
+            }
         suite = self.validate_.suite
         relevant["suite"] = hashlib.sha256(suite.read_bytes()).hexdigest() if suite.exists() else ""
         blob = json.dumps(relevant, sort_keys=True).encode()
@@ -725,9 +715,9 @@ def _read_mapping(file: Path) -> dict[str, Any]:
     return raw
 
 
-# (section, key) of the values that are paths, made absolute against the file that sets them
-# Paths relative to the file that names them. Not ``project.state_dir``: that one is relative
-# to the project root (see _resolve_paths), so every model's file shares one state dir.
+# (section, key) of the values that are paths, made absolute against the file that sets them.
+# Not ``project.state_dir``: that one is relative to the project root (see _resolve_paths),
+# so every model's file shares one state dir.
 _PATH_KEYS: tuple[tuple[str, str], ...] = (
     ("data", "repo"),
     ("validate", "suite"),
@@ -790,7 +780,23 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
     file = Path(path)
     raw, root = read_raw_params(file)
     params = parse_params(raw, str(file))
-    return _resolve_paths(params, root)
+    return _production_sources(_resolve_paths(params, root))
+
+
+def _production_sources(params: Params) -> Params:
+    """The `shadow` gate reads the production monitor's inference log and labels unless its
+    own section names others."""
+    rule = (params.gates.model_extra or {}).get("shadow")
+    if rule is None or not hasattr(rule, "log_url"):
+        return params
+    update = {
+        "log_url": rule.log_url
+        or params.monitor.log_url
+        or str(params.state_dir / "inference-log"),
+        "labels": rule.labels or params.monitor.labels,
+    }
+    gates = params.gates.model_copy(update={"shadow": rule.model_copy(update=update)})
+    return params.model_copy(update={"gates": gates})
 
 
 def _resolve_paths(params: Params, root: Path) -> Params:

@@ -478,6 +478,17 @@ def images_dir(params: Params) -> Path:
     return params.state_dir / "images"
 
 
+def check_image_params(image: ImageParams, mode: str) -> None:
+    """A cluster pulls the serving image from a registry: both must be configured."""
+    if mode == "cluster" and not (image.repository and image.base):
+        missing = "image.repository" if not image.repository else "image.base"
+        raise ImageError(
+            f"deploy target is a cluster but {missing} is null: a cluster runs the serving "
+            "image (base + model) pulled from a registry; set image.repository and image.base "
+            "(a model-only image runs as in deployments/k8s/modelcar/, not patched by the flow)"
+        )
+
+
 @task(name="build-model-image", cache_policy=NONE)
 def build_model_image(model_uri: str, model_name: str, version: str, params: Params) -> ModelImage:
     """Build the version's image (base + model layer), push it and check it by digest; record
@@ -488,13 +499,7 @@ def build_model_image(model_uri: str, model_name: str, version: str, params: Par
 
     logger = get_run_logger()
     image = params.image
-    if resolve_mode(params.deploy) == "cluster" and not (image.repository and image.base):
-        missing = "image.repository" if not image.repository else "image.base"
-        raise ImageError(
-            f"deploy target is a cluster but {missing} is null: a cluster runs the serving "
-            "image (base + model) pulled from a registry; set image.repository and image.base "
-            "(a model-only image runs as in deployments/k8s/modelcar/, not patched by the flow)"
-        )
+    check_image_params(image, resolve_mode(params.deploy))
     spec = image_spec(model_name, version, _run_id(model_name, version))
     with tempfile.TemporaryDirectory(prefix="ctflows-model-") as tmp:
         model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))

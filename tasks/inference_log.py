@@ -8,7 +8,6 @@ predictions nobody made are each kept out of the numbers and named in ``notes``.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -82,6 +81,7 @@ def log_files(url: str, first_day: str | None = None, last_day: str | None = Non
 def read_log_file(path: str, threshold: float) -> tuple[pd.DataFrame | None, str | None]:
     """One log file as a frame, or None and why it cannot be used."""
     import fsspec
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -93,7 +93,10 @@ def read_log_file(path: str, threshold: float) -> tuple[pd.DataFrame | None, str
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         return None, f"log file {path} has an older schema without {missing}: skipped"
-    frame = table.to_pandas()
+    features = table["features"]
+    frame = table.drop_columns(["features"]).to_pandas()
+    # the records stay Arrow strings (no Python object per row) until they are parsed
+    frame["features"] = pd.arrays.ArrowExtensionArray(features)
     for column, default in OPTIONAL_DEFAULTS.items():
         if column not in frame.columns:
             frame[column] = default
@@ -142,7 +145,7 @@ def read_inference_log(
     if duplicated:
         notes.append(f"{duplicated} predictions logged twice under the same id: first kept")
         logged = logged.drop_duplicates("prediction_id").reset_index(drop=True)
-    inputs, problem = parse_records(logged["features"].tolist())
+    inputs, problem = parse_records(logged["features"])
     if problem:
         notes.append(problem)
     return LogWindow(start, end, logged.drop(columns="features"), inputs, len(files), tuple(notes))
@@ -184,27 +187,38 @@ def read_recent(
         )
     logged = pd.concat(frames, ignore_index=True).drop_duplicates("prediction_id")
     logged = logged.sort_values("time", kind="stable").tail(rows).reset_index(drop=True)
-    inputs, problem = parse_records(logged["features"].tolist())
+    inputs, problem = parse_records(logged["features"])
     if problem:
         notes.append(problem)
     start, end = logged["time"].min(), logged["time"].max()
     return LogWindow(start, end, logged.drop(columns="features"), inputs, len(files), tuple(notes))
 
 
-def parse_records(features: list[str]) -> tuple[pd.DataFrame, str | None]:
-    """The logged JSON records as columns (Arrow's JSON reader; row by row when it refuses)."""
+def parse_records(features: pd.Series | list[str]) -> tuple[pd.DataFrame, str | None]:
+    """The logged JSON records as columns: Arrow's JSON reader on the records joined by
+    newlines, without a Python object per row; row by row when it refuses."""
     import pandas as pd
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.json as pj
 
-    if not features:
+    if len(features) == 0:
         return pd.DataFrame(), None
-    blob = ("\n".join(features) + "\n").encode()
+    array = pa.array(features, pa.string())
+    column = array if isinstance(array, pa.ChunkedArray) else pa.chunked_array([array])
     try:
+        lines = pc.binary_join_element_wise(pc.fill_null(column, "{}"), "", "\n")
+        lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+        lines = lines.cast(pa.large_string())
+        whole = pa.LargeListArray.from_arrays(pa.array([0, len(lines)], pa.int64()), lines)
+        data = pc.binary_join(whole, pa.scalar("", pa.large_string()))[0].as_buffer()
         options = pj.ReadOptions(block_size=8 << 20)  # blocks parsed on Arrow's threads
-        return pj.read_json(io.BytesIO(blob), read_options=options).to_pandas(), None
+        parsed = pj.read_json(pa.BufferReader(data), read_options=options)
+        if parsed.num_rows == len(features):
+            return parsed.to_pandas(), None
     except (pa.ArrowException, ValueError):
         pass
+    features = [str(f) if f is not None else "{}" for f in column.to_pylist()]
     rows, bad = [], 0
     for text in features:
         try:

@@ -18,8 +18,8 @@ import numpy as np
 
 from tasks.config import DataParams, DriftParams, MonitorParams
 from tasks.drift import DriftReport, detect_drift, ks_sorted, psi_numeric, should_retrain
-from tasks.evaluate import HIGHER_IS_BETTER, metric_value
 from tasks.inference_log import LabelledPredictions, LogWindow
+from tasks.metrics import HIGHER_IS_BETTER, metric_value
 
 if TYPE_CHECKING:
     import pandas as pd

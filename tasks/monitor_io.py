@@ -206,12 +206,14 @@ def publish_report(
 
     logger = get_run_logger()
     create_markdown_artifact(report.to_markdown(), key="production-monitor")
-    experiment = mlflow.get_experiment_by_name(params.mlflow.experiment + MONITOR_EXPERIMENT_SUFFIX)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment is not None
-        else mlflow.create_experiment(params.mlflow.experiment + MONITOR_EXPERIMENT_SUFFIX)
-    )
+    name = params.mlflow.experiment + MONITOR_EXPERIMENT_SUFFIX
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:  # like setup_tracking: a SQLite store keeps its artifacts in the state dir, not cwd
+        local = mlflow.get_tracking_uri().startswith("sqlite:")
+        location = (params.state_dir / "mlartifacts").resolve().as_uri() if local else None
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
     with mlflow.start_run(experiment_id=experiment_id, run_name="production-monitor") as run:
         mlflow.set_tags(
             {

@@ -349,7 +349,7 @@ def promote_model(
     return promotion
 
 
-@task(name="find-decision", cache_policy=NONE)
+@task(name="find-previous-run", cache_policy=NONE)  # the name bench/run.py times
 def find_decision(
     experiment_id: str, lineage: dict[str, str], params: Params
 ) -> PreviousRun | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import re
 import threading
@@ -84,10 +85,16 @@ def mlflow_http_env(timeouts: TimeoutsParams) -> dict[str, str]:
 def bound_mlflow(timeouts: TimeoutsParams) -> None:
     """Apply :func:`mlflow_http_env` to this process (read by MLflow at every request).
 
-    Values the user exported already are kept: an explicit environment wins.
+    Values the user exported already are kept: an explicit environment wins. Values set here
+    follow the params of each run (a served process runs many).
     """
     for key, value in mlflow_http_env(timeouts).items():
-        os.environ.setdefault(key, value)
+        if key not in os.environ or os.environ[key] == _SET_BY_US.get(key):
+            os.environ[key] = value
+            _SET_BY_US[key] = value
+
+
+_SET_BY_US: dict[str, str] = {}
 
 
 def mlflow_call_bound(timeouts: TimeoutsParams, environ: dict[str, str] | None = None) -> float:
@@ -146,6 +153,10 @@ _CONNECTION_ERRORS = (
     "RemoteDisconnected",
     "Connection aborted",
     "Name or service not known",
+    "Connection broken",  # the server died mid-answer (IncompleteRead, ChunkedEncodingError)
+    "IncompleteRead",
+    "Connection reset",
+    "failed with exception",  # MLflow's wording for a request that got no HTTP answer
 )
 
 
@@ -232,3 +243,35 @@ def failure_text(exc: BaseException, params: Params) -> str:
     """One redacted line for the log, Slack and the outbox: the outage if it is one."""
     shown = outage_of(exc, params) or exc
     return redact(f"{type(shown).__name__}: {shown}")
+
+
+class RedactingFilter(logging.Filter):
+    """Removes URL credentials from a record's message and traceback before any handler
+    formats it: Prefect logs a failed task's exception, whose text may hold a tracking URI."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def install_redaction(prefixes: tuple[str, ...] = ("prefect", "ctflows", "tasks", "flows")) -> None:
+    """Add :class:`RedactingFilter` to every handler of the root logger and of the loggers
+    under ``prefixes`` (console, files, Prefect's API log handler). Idempotent."""
+    manager = logging.Logger.manager
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers += [
+        obj
+        for name, obj in list(manager.loggerDict.items())
+        if isinstance(obj, logging.Logger) and name.split(".")[0] in prefixes
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tasks.config import ShadowParams
 from tasks.drift import psi_numeric
-from tasks.evaluate import HIGHER_IS_BETTER, bootstrap_gain, metric_value
+from tasks.metrics import HIGHER_IS_BETTER, metric_value
+from tasks.resampling import bootstrap_gain
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tasks.gates.shadow import ShadowRule
     from tasks.inference_log import LabelledPredictions, LogWindow
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def replay(
     window: LogWindow,
     labelled: LabelledPredictions | None,
     features: list[str],
-    policy: ShadowParams,
+    policy: ShadowRule,
     metric: str,
     threshold: float,
     resamples: int = 1000,
@@ -112,8 +113,8 @@ def replay(
     if window.rows < policy.min_rows:
         reason = (
             f"only {window.rows} logged production predictions "
-            f"(monitor.shadow.min_rows {policy.min_rows}): shadow replay skipped"
-        )
+            f"(gates.shadow.min_rows {policy.min_rows}): shadow replay skipped"
+        ) + "".join(f"; {n}" for n in notes[:2])
         check = ShadowCheck("shadow", "skipped", float(window.rows), policy.min_rows, reason)
         return ShadowReport(window.rows, 0, (check,), notes=tuple(notes))
     missing = [f for f in features if f not in window.inputs.columns]
@@ -164,7 +165,7 @@ def _paired(
     window: LogWindow,
     labelled: LabelledPredictions | None,
     cand: np.ndarray,
-    policy: ShadowParams,
+    policy: ShadowRule,
     metric: str,
     threshold: float,
     resamples: int,
@@ -180,7 +181,7 @@ def _paired(
     n = len(frame)
     if n < policy.min_labelled_rows:
         reason = (
-            f"only {n} replayed requests have labels (monitor.shadow.min_labelled_rows "
+            f"only {n} replayed requests have labels (gates.shadow.min_labelled_rows "
             f"{policy.min_labelled_rows}): paired metric comparison skipped"
         )
         return ShadowCheck("shadow_paired_metric", "skipped", float(n), None, reason), none

@@ -101,6 +101,19 @@ def hold_training_lock(params: Params, wait_seconds: float | None = None) -> Ite
         yield
 
 
+def training_slot_taken(params: Params) -> bool:
+    """Whether a run holds the model's training slot now (a killed run's until its lease ends)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(training_lock(params))
+        except ObjectNotFound:
+            return False
+    return bool(limit.active_slots >= limit.limit)
+
+
 def code_version(root: Path | None = None) -> str:
     """The git commit of the ctflows code; uncommitted changes add a hash of the diff.
 
@@ -287,13 +300,6 @@ def prepare_tracking(params: Params) -> str:
         "MLflow store %s, experiment %s", redact(tracking_uri(params)), experiment_id
     )
     return experiment_id
-
-
-@task(name="find-previous-run", cache_policy=NONE)
-def lookup_previous_run(experiment_id: str, lineage: dict[str, str]) -> PreviousRun | None:
-    return find_previous_run(
-        experiment_id, lineage["ct.data_md5"], lineage["ct.params_hash"], lineage["ct.git_commit"]
-    )
 
 
 @task(name="complete-run", cache_policy=NONE)

@@ -89,8 +89,8 @@ def app_layer() -> bytes:
         app = Path(tmp) / "deployments"
         (app / "serving").mkdir(parents=True)
         shutil.copy(ROOT / "deployments" / "__init__.py", app / "__init__.py")
-        for name in ("__init__.py", "app.py"):
-            shutil.copy(ROOT / "deployments" / "serving" / name, app / "serving" / name)
+        for source in (ROOT / "deployments" / "serving").glob("*.py"):  # as the Dockerfile
+            shutil.copy(source, app / "serving" / source.name)
         return model_layer(app, "/app/deployments", 0)
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from tasks.gates.evidence import Evidence
 
+SCALED_METRICS = {"rmse", "mae"}  # in the label's units: slice gaps are judged relative
 SliceTable = dict[str, dict[str, dict[str, float]]]  # column -> value -> {rows, metric, ...}
 
 
@@ -97,7 +98,7 @@ class FairnessGate(BaseGate):
         assert isinstance(rule, FairnessParams)
         sensitive = rule.sensitive_column or getattr(evidence.data, "sensitive_column", None)
         if not sensitive:
-            why = "no sensitive column (data.sensitive_column is not set): fairness gates are off"
+            why = "fairness skipped: no sensitive column (data.sensitive_column is null)"
             return [self.result("skipped", why)]
         columns = list(dict.fromkeys([sensitive, *rule.slice_columns]))
         missing = [c for c in columns if c not in evidence.holdout.columns]
@@ -121,6 +122,10 @@ class FairnessGate(BaseGate):
 
         cand_slices = measure(evidence.candidate_scores)
         c_gap, c_where, c_parity, undefined = gaps(cand_slices, metric, sensitive)
+        # errors in the label's units (rmse, mae) are gated relative to the whole holdout's
+        scale = abs(evidence.candidate_metrics[metric]) if metric in SCALED_METRICS else 1.0
+        scale = scale if scale > 0 else 1.0
+        c_gap /= scale
         evidence.artifacts["slices"] = {"candidate": cand_slices}
         out: list[GateResult] = []
         if undefined:
@@ -128,7 +133,8 @@ class FairnessGate(BaseGate):
             out.append(self.result("failed", reason, metric, name="slice_metric"))
         if rule.max_slice_gap is not None:
             reason = (
-                f"widest {metric} gap {c_gap:.4f} ({c_where or 'single slice'}) over slices of "
+                f"widest {metric} gap {c_gap:.4f}{' (relative)' if scale != 1.0 else ''} "
+                f"({c_where or 'single slice'}) over slices of "
                 f"at least {rule.min_slice_rows} rows"
             )
             out.append(
@@ -163,6 +169,9 @@ class FairnessGate(BaseGate):
                 champ_slices = measure(evidence.champion_scores)
                 evidence.artifacts["slices"]["champion"] = champ_slices
                 h_gap, _, h_parity, _ = gaps(champ_slices, metric, sensitive)
+                if evidence.champion_metrics is not None and scale != 1.0:
+                    h_scale = abs(evidence.champion_metrics[metric]) or 1.0
+                    h_gap /= h_scale
                 widening = max(c_gap - h_gap, (c_parity - h_parity) if binary else 0.0)
                 reason = f"slice gap {h_gap:.4f} -> {c_gap:.4f}" + (
                     f", parity gap {h_parity:.4f} -> {c_parity:.4f}" if binary else ""

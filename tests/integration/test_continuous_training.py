@@ -84,7 +84,7 @@ def test_dry_run_changes_neither_registry_nor_cluster(workspace):
 def test_no_cluster_records_the_patch_and_never_claims_a_deploy(workspace):
     ws = workspace
     outcome = ws.run(ws.land_day(1, 3_000))
-    assert outcome.deploy.startswith("dry run, nothing deployed")
+    assert "dry run, nothing deployed" in outcome.deploy and "@sha256:" in outcome.deploy
     record = json.loads((ws.params.state_dir / "deploy" / "dry-run.jsonl").read_text())
     containers = record["patch"]["spec"]["template"]["spec"]["containers"]
     assert (

@@ -7,7 +7,13 @@ import pytest
 
 from tasks.deploy import RolloutFailed
 from tests.integration.test_continuous_training import champion_version
-from tests.integration.test_deploy_cluster import apps, configure, image, kube  # noqa: F401
+from tests.integration.test_deploy_cluster import (  # noqa: F401
+    apps,
+    image,
+    kube,
+    never_ready,
+    version_image,
+)
 
 
 def test_a_rejection_holds_only_against_the_champion_it_was_compared_with(workspace):
@@ -30,24 +36,23 @@ def test_a_rejection_holds_only_against_the_champion_it_was_compared_with(worksp
 def test_an_automatic_rollback_is_the_decision_until_forced(workspace, kube):  # noqa: F811
     ws = workspace
     ws.run(ws.land_day(1, 3_000))
-    healthy = ws.params.deploy.image_template
     apps(kube).patch_namespaced_deployment(
         "churn-model", "ctflows", {"spec": {"progressDeadlineSeconds": 1}}
     )
-    configure(ws, kube, image_template="registry.local/churn-model:v{version}-unready")
+    never_ready(kube, "2")  # v2's pods never become ready: rolled back automatically
     day2 = ws.land_day(2, 24_000)
     with pytest.raises(RolloutFailed):
         ws.run(day2)
     assert champion_version(ws) == "1"
+    assert image(kube) == version_image(ws, "1")
 
-    configure(ws, kube, image_template=healthy)  # a deploy setting, not a training input
     apps(kube).patch_namespaced_deployment(
         "churn-model", "ctflows", {"spec": {"progressDeadlineSeconds": 600}}
     )
     again = ws.run(day2)  # the next trigger on the same data
     assert again.kind == "skipped", again.line()
-    assert champion_version(ws) == "1" and image(kube).endswith("-v1")
+    assert champion_version(ws) == "1" and image(kube) == version_image(ws, "1")
     assert "rolled" in ws.slack.texts()[-1] or "already" in ws.slack.texts()[-1]
 
-    forced = ws.run(day2, force=True)
+    forced = ws.run(day2, force=True)  # someone forces it: decided anew (v3 is healthy)
     assert forced.kind == "promoted" and champion_version(ws) == forced.version

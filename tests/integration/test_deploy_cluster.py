@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from kubernetes import client, config
@@ -37,15 +39,22 @@ def configure(ws, standin, **deploy) -> None:
     ws.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-@pytest.fixture
-def kube(tmp_path, workspace, oci_registry, serving_base):
+@contextmanager
+def standin_with_registry(tmp_path, ws, oci_registry: str, serving_base: str) -> Iterator[Standin]:
+    """The API stand-in pulling from the test registry; the flow pushes its images there."""
     import yaml
 
-    raw = yaml.safe_load(workspace.params_file.read_text())
+    raw = yaml.safe_load(ws.params_file.read_text())
     raw["image"] = {"repository": f"{oci_registry}/churn-model", "base": serving_base}
-    workspace.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    ws.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     with Standin(tmp_path / "kubeconfig", ready_delay=0.3, registry=oci_registry) as standin:
-        configure(workspace, standin)
+        configure(ws, standin)
+        yield standin
+
+
+@pytest.fixture
+def kube(tmp_path, workspace, oci_registry, serving_base):
+    with standin_with_registry(tmp_path, workspace, oci_registry, serving_base) as standin:
         yield standin
 
 

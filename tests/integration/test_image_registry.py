@@ -78,6 +78,7 @@ def test_pushed_image_agrees_with_skopeo_and_serves_the_candidates_scores(
     config = Layout(pulled).read(Layout(pulled).read(digest)["config"]["digest"])["config"]
     env = dict(e.split("=", 1) for e in config["Env"])
     port = free_port()
+    server_log = (tmp_path / "serving.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", *config["Cmd"][:3], "--host", "127.0.0.1", "--port", str(port)],
         cwd=rootfs / config["WorkingDir"].lstrip("/"),
@@ -86,11 +87,11 @@ def test_pushed_image_agrees_with_skopeo_and_serves_the_candidates_scores(
             "MODEL_URI": str(rootfs / env["MODEL_URI"].lstrip("/")),
             "PYTHONPATH": "",
         },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=server_log,
+        stderr=server_log,
     )
     try:
-        status = wait_ready(f"http://127.0.0.1:{port}", proc)
+        status = wait_ready(f"http://127.0.0.1:{port}", proc, tmp_path / "serving.log")
         assert status == 200
         from tasks.data import make_batch
 
@@ -104,6 +105,7 @@ def test_pushed_image_agrees_with_skopeo_and_serves_the_candidates_scores(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        server_log.close()
     import mlflow as ml
 
     ml.set_tracking_uri(tracking_uri(ws.params))
@@ -111,10 +113,10 @@ def test_pushed_image_agrees_with_skopeo_and_serves_the_candidates_scores(
     assert served == [float(s) for s in candidate.predict_proba(rows)[:, 1]]
 
 
-def wait_ready(url: str, proc: subprocess.Popen) -> int:
+def wait_ready(url: str, proc: subprocess.Popen, log) -> int:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the serving app exited"
+        assert proc.poll() is None, f"the serving app exited: {log.read_text()[-2000:]}"
         try:
             with urllib.request.urlopen(f"{url}/ready", timeout=2) as resp:
                 return int(resp.status)

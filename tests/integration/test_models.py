@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
+from deployments.server import free_port
 from tasks.data import make_batch, publish_batch
 from tasks.train import tracking_uri
 from tests.helpers import ROOT
@@ -41,15 +42,19 @@ def champion(ws, name: str) -> str | None:
         return None
 
 
-def served(project: Path, log: Path) -> subprocess.Popen[bytes]:
+SECRET = "two-models-secret"
+
+
+def served(project: Path, log: Path, webhook_port: int) -> subprocess.Popen[bytes]:
     """`deployments.serve` on the project, once its deployments exist on the server."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CTFLOWS_WEBHOOK_SECRET": SECRET}
+    args = ["--params", str(project / "params.yaml"), "--webhook-port", str(webhook_port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "deployments.serve", "--params", str(project / "params.yaml")],
+            [sys.executable, "-m", "deployments.serve", *args],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -67,6 +72,30 @@ def served(project: Path, log: Path) -> subprocess.Popen[bytes]:
                 time.sleep(0.5)
 
 
+def post_landed(port: int, body: dict) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    from deployments.webhook import sign
+
+    raw = json.dumps(body).encode()
+    ts = str(int(time.time()))
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/hooks/data-landed",
+        data=raw,
+        headers={
+            "Content-Type": "application/json",
+            "X-Ctflows-Timestamp": ts,
+            "X-Ctflows-Signature": sign(SECRET, ts, raw),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def test_two_models_keep_their_own_deployments_and_champions(workspace):
     from prefect.client.orchestration import get_client
 
@@ -82,7 +111,8 @@ def test_two_models_keep_their_own_deployments_and_champions(workspace):
     listed = as_json(ctflows(ws, "models", "--json"))
     assert [m["name"] for m in listed] == ["churn", "upsell"]
 
-    proc = served(project, ws.root / "serve.log")
+    port = free_port()
+    proc = served(project, ws.root / "serve.log", port)
     try:
         with get_client(sync_client=True) as client:
             for model in ("churn", "upsell"):
@@ -122,6 +152,16 @@ def test_two_models_keep_their_own_deployments_and_champions(workspace):
             out, err = run.communicate(timeout=600)
             assert run.returncode == 0, err
             results[model] = json.loads(out)
+        # the webhook routes by the data path it names, or by an explicit model
+        routed = post_landed(port, {"path": "data/upsell.parquet", "rev": rev_upsell})
+        assert routed[0] == 202, routed
+        assert routed[1]["deployment"] == "continuous-training/upsell-on-new-data"
+        named = post_landed(
+            port, {"path": "data/batch.parquet", "rev": rev_churn, "model": "churn"}
+        )
+        assert named[1]["deployment"] == "continuous-training/churn-on-new-data"
+        unknown = post_landed(port, {"path": "data/other.parquet", "rev": rev_churn})
+        assert unknown[0] == 422 and "known data paths" in unknown[1]["error"]
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -72,6 +72,7 @@ def test_drifted_production_traffic_emits_the_event_that_starts_a_retraining(
         experiment_names=[params.mlflow.experiment + "-production"], output_format="list"
     )
     assert runs and runs[0].data.tags["ct.retrain"] == "true"
+    assert runs[0].info.artifact_uri.startswith(params.state_dir.resolve().as_uri())
     artifacts = {
         a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, "monitor")
     }

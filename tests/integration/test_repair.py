@@ -1,5 +1,5 @@
 """A deploy a killed run left half-done is put right without waiting for a training run: when a
-served process starts, and by the `repair/scheduled` deployment (real Prefect server, MLflow
+served process starts, and by the `repair/<model>-scheduled` deployment (real Prefect server, MLflow
 store and the Kubernetes API stand-in)."""
 
 from __future__ import annotations
@@ -13,27 +13,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.helpers import ROOT
+from tests.integration import test_deploy_cluster as cluster_tests
 from tests.integration.test_continuous_training import champion_version
 from tests.integration.test_deploy_cluster import (
     _run_flow_process,
-    configure,
     deployment,
     image,
     inject,
     requests_seen,
+    version_image,
 )
-from tests.kube_standin import Standin
 
-
-@pytest.fixture
-def kube(tmp_path, workspace):
-    with Standin(tmp_path / "kubeconfig", ready_delay=0.3) as standin:
-        configure(workspace, standin)
-        yield standin
+# the same fixture: an OCI registry, a serving base image and the Kubernetes API stand-in
+kube = cluster_tests.kube
 
 
 @contextmanager
@@ -86,7 +81,8 @@ def test_a_served_process_repairs_a_half_done_promotion_before_it_serves(
     first = ws.run(ws.land_day(1, 3_000))
     assert first.version == "1"
     before = read_templates(Cluster(ws.params.deploy))
-    assert ws.run(ws.land_day(2, 24_000)).version == "2" and image(kube).endswith("-v2")
+    assert ws.run(ws.land_day(2, 24_000)).version == "2"
+    assert image(kube) == version_image(ws, "2")
     # what a run killed after patching the cluster to v2 leaves: the journal still open
     write_journal(ws.params.registry.model_name, "2", "1", before)
 
@@ -98,7 +94,7 @@ def test_a_served_process_repairs_a_half_done_promotion_before_it_serves(
     assert "repair at start: an earlier run died" in said, said[-3000:]
     assert said.index("repair at start") < said.index("serving ")
     assert champion_version(ws) == running_version(kube) == "1"
-    assert image(kube).endswith("-v1") and not journal_open(ws)
+    assert image(kube) == version_image(ws, "1") and not journal_open(ws)
     assert any("recovered" in t for t in ws.slack.texts())
 
 
@@ -137,5 +133,6 @@ def test_the_scheduled_repair_puts_right_a_kill_9_mid_deploy_without_a_training_
         )
         # the killed run's slot frees itself within its 60 s lease (+15 s server sweep)
         assert took < 60 + 15 + 3 * 10 + 30
-    assert champion_version(ws) == first.version == "1" and image(kube).endswith("-v1")
-    assert any("recovered" in t for t in ws.slack.texts())
+        wait_until(lambda: any("recovered" in t for t in ws.slack.texts()), 30, "the notice")
+    assert champion_version(ws) == first.version == "1"
+    assert image(kube) == version_image(ws, "1")

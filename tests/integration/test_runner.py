@@ -12,6 +12,7 @@ import psutil
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
+from deployments.definitions import TRAINING_FLOW, model_deployment
 from tests.helpers import ROOT
 
 
@@ -70,9 +71,9 @@ def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api
     watcher.start()
     try:
         with get_client(sync_client=True) as client:
-            manual = _wait(
-                lambda: _deployment(client, "continuous-training/manual"), 90, "the deployments"
-            )
+            model = workspace.params.registry.model_name
+            name = f"{TRAINING_FLOW}/{model_deployment(model, 'manual')}"
+            manual = _wait(lambda: _deployment(client, name), 180, "the deployments")
             run = client.create_flow_run_from_deployment(
                 manual.id,
                 parameters={"rev": rev, "params_file": str(workspace.params_file)},

@@ -31,6 +31,7 @@ from bench.webhook_load import (
 )
 
 SECRET = "receiver-test-secret"
+DATA_LANDED = "continuous-training/churn-classifier-on-new-data"
 
 
 class SwitchableProxy:
@@ -124,12 +125,12 @@ def test_a_request_refused_because_prefect_was_down_starts_its_run_when_retried(
             down = post(url, BODY, headers)
             assert down.status == 503, down
             assert "retry" in down.body["error"]
-            assert runs_of("continuous-training/on-new-data", since) == []
+            assert runs_of(DATA_LANDED, since) == []
 
             proxy.up = True
             retried = post(url, BODY, headers)  # the very same signed request
             assert retried.status == 202, retried
-            runs = runs_of("continuous-training/on-new-data", since)
+            runs = runs_of(DATA_LANDED, since)
             assert [str(r.id) for r in runs] == [retried.body["flow_run_id"]]
 
             replay = post(url, BODY, headers)  # now it was accepted: a replay
@@ -193,7 +194,7 @@ def test_hundreds_of_requests_tens_in_flight_one_run_per_data_version(receiver_a
     for body, answer in zip(bodies, answers, strict=True):
         by_md5.setdefault(json.loads(body)["md5"], set()).add(answer.body["flow_run_id"])
     assert len(by_md5) == 12 and all(len(ids) == 1 for ids in by_md5.values())
-    runs = runs_of("continuous-training/on-new-data", since)
+    runs = runs_of(DATA_LANDED, since)
     assert len(runs) == 12  # none lost, none twice
     assert {str(r.id) for r in runs} == set().union(*by_md5.values())
 
@@ -266,3 +267,42 @@ def test_an_oversized_body_is_refused_without_reading_past_the_limit(receiver_al
         sock.settimeout(10)
         assert b" 413 " in sock.recv(4096).split(b"\r\n")[0]
         sock.close()
+
+
+def test_requests_go_to_the_model_whose_data_they_name(prefect_api, tmp_path):
+    from deployments.definitions import project_specs
+    from deployments.serve import build_deployment
+    from tests.integration.test_models import declare
+
+    params_file = write_params(tmp_path / "project")
+    for name in ("churn-a", "churn-b"):
+        declare(params_file.parent, name, f"data/{name}.parquet")
+    specs = [s for s in project_specs(params_file) if s.name.endswith("-on-new-data")]
+    for spec in specs:
+        build_deployment(spec).apply()
+    since = time.time() - 1
+    try:
+        with receiver_process(params_file, SECRET, prefect_api, tmp_path / "r.log") as url:
+            answers = {}
+            for name in ("churn-a", "churn-b"):
+                body = json.dumps(
+                    {"path": f"data/{name}.parquet", "rev": "r1", "md5": "2" * 32}
+                ).encode()
+                answers[name] = post(url, body, signed_headers(SECRET, body))
+            named = json.dumps(
+                {"path": "data/x.parquet", "rev": "r1", "md5": "3" * 32, "model": "churn-b"}
+            ).encode()
+            explicit = post(url, named, signed_headers(SECRET, named))
+            unknown = json.dumps({"path": "data/x.parquet", "rev": "r1"}).encode()
+            refused = post(url, unknown, signed_headers(SECRET, unknown))
+    finally:
+        runs = [r for spec in specs for r in runs_of(spec.full_name, since)]
+        delete_runs(runs)
+    # the same md5 under two models: two runs, one per model's deployment
+    assert answers["churn-a"].status == answers["churn-b"].status == 202
+    assert answers["churn-a"].body["deployment"].endswith("/churn-a-on-new-data")
+    assert answers["churn-b"].body["deployment"].endswith("/churn-b-on-new-data")
+    assert answers["churn-a"].body["flow_run_id"] != answers["churn-b"].body["flow_run_id"]
+    assert explicit.status == 202 and explicit.body["deployment"].endswith("/churn-b-on-new-data")
+    assert refused.status == 422 and "churn-a (data/churn-a.parquet)" in refused.body["error"]
+    assert len(runs) == 3

@@ -9,10 +9,12 @@ import pytest
 from deployments.webhook import (
     Landed,
     ReplayJournal,
+    Route,
     Signed,
     WebhookError,
     moves_on,
     parse_body,
+    route,
     sign,
     verify,
 )
@@ -77,6 +79,7 @@ def test_bad_and_malformed_signatures_are_refused_with_401(mutate, words):
         (b'{"path": "p"}', 422),
         (b'{"path": "p", "rev": 3}', 422),
         (b'{"path": "p", "rev": "r", "md5": "short"}', 422),
+        (b'{"path": "p", "rev": "r", "model": 7}', 422),
         (('{"path": "p", "rev": "r", "md5": "' + "é" * 32 + '"}').encode(), 422),
     ],
 )
@@ -108,10 +111,49 @@ def test_only_a_run_that_did_not_finish_moves_its_data_on_to_a_new_attempt(state
     assert moves_on(state) is moves
 
 
-def test_the_key_names_the_data_and_the_attempt():
-    landed = Landed("p", "r", "m" * 32)
-    assert landed.idempotency_key(0) == f"data-landed:{'m' * 32}#0"
+def test_the_key_names_the_model_the_data_and_the_attempt():
+    landed = Landed("p", "r", "m" * 32, "churn")
+    assert landed.idempotency_key(0) == f"data-landed:churn:{'m' * 32}#0"
     assert landed.idempotency_key(0) != landed.idempotency_key(1)
+    other_model = Landed("p", "r", "m" * 32, "fraud")
+    assert other_model.idempotency_key(0) != landed.idempotency_key(0)
+
+
+ROUTES = [
+    Route("churn", "data/churn.parquet", "continuous-training/churn-on-new-data", "a", "repo"),
+    Route("fraud", "data/fraud.parquet", "continuous-training/fraud-on-new-data", "b", "repo"),
+    Route("fraud-v2", "data/fraud.parquet", "continuous-training/fraud-v2-on-new-data", "c", "r"),
+]
+
+
+@pytest.mark.parametrize(
+    ("landed", "model"),
+    [
+        (Landed("data/churn.parquet", "r", None), "churn"),
+        (Landed("data/fraud.parquet", "r", None, "fraud-v2"), "fraud-v2"),
+        (Landed("data/other.parquet", "r", None, "churn"), "churn"),
+    ],
+)
+def test_a_request_goes_to_the_model_it_names_or_whose_data_it_names(landed, model):
+    assert route(landed, ROUTES).model == model
+
+
+@pytest.mark.parametrize(
+    ("landed", "words"),
+    [
+        (Landed("data/churn.parquet", "r", None, "nope"), "unknown model 'nope'; known models"),
+        (Landed("data/other.parquet", "r", None), "no model trains on 'data/other.parquet'"),
+        (Landed("data/fraud.parquet", "r", None), "fraud, fraud-v2 all train on"),
+    ],
+)
+def test_a_request_no_single_model_takes_is_refused_naming_the_models(landed, words):
+    with pytest.raises(WebhookError, match=words) as err:
+        route(landed, ROUTES)
+    assert err.value.status == 422
+
+
+def test_one_model_takes_every_path():
+    assert route(Landed("elsewhere.parquet", "r", None), ROUTES[:1]).model == "churn"
 
 
 class FakePrefect:
@@ -197,22 +239,3 @@ def test_replay_journal_file_stays_bounded_under_steady_traffic(tmp_path):
         journal.record(Signed(f"sig{second}", second), f"run{second}", second)
     assert len(journal) <= 11
     assert len(path.read_text().splitlines()) <= 2 * 11 + 101
-
-
-def test_a_request_goes_to_the_model_it_names_or_whose_data_it_names():
-    from deployments.webhook import Route, WebhookError, choose_route, parse_body
-
-    routes = [
-        Route("churn", "data/batch.parquet", "models.d/churn/params.yaml", "ct/churn-on-new-data"),
-        Route("upsell", "data/upsell.parquet", "models.d/upsell/params.yaml", "ct/upsell-x"),
-    ]
-    by_path = parse_body(b'{"path": "data/upsell.parquet", "rev": "main"}')
-    assert choose_route(by_path, routes).model == "upsell"
-    named = parse_body(b'{"path": "data/other.parquet", "rev": "main", "model": "churn"}')
-    assert choose_route(named, routes).model == "churn"
-    with pytest.raises(WebhookError, match=r"known data paths: data/batch.parquet \(churn\)"):
-        choose_route(parse_body(b'{"path": "data/x.parquet", "rev": "a"}'), routes)
-    with pytest.raises(WebhookError, match="unknown model 'fraud'; known models: churn, upsell"):
-        choose_route(parse_body(b'{"path": "d", "rev": "a", "model": "fraud"}'), routes)
-    with pytest.raises(WebhookError, match="model, when given"):
-        parse_body(b'{"path": "d", "rev": "a", "model": 3}')

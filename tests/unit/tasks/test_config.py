@@ -82,7 +82,6 @@ def test_unknown_top_level_section_is_rejected(tmp_path):
         ("deploy", {"namespace": "CTFlows"}, "deploy.namespace"),
         ("deploy", {"container": "model_server"}, "deploy.container"),
         ("deploy", {"deployment": "churn model"}, "deploy.deployment"),
-        ("deploy", {"image_template": "registry local/m:{version}"}, "deploy.image_template"),
         ("timeouts", {"mlflow": 0}, "timeouts.mlflow"),
         ("timeouts", {"mlflow_retries": 50}, "timeouts.mlflow_retries"),
     ],

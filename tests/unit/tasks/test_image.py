@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 
 import pytest
@@ -15,6 +16,7 @@ from tasks.image import (
     ImageSpec,
     Layout,
     build_image,
+    check_image_params,
     model_layer,
     pick_platform,
 )
@@ -173,3 +175,21 @@ def test_layer_refuses_symlinks(tmp_path):
 def test_layout_index_is_valid_json_per_oci(model_dir, tmp_path):
     build_image(model_dir, SPEC, ImageParams(), tmp_path / "layout")
     assert json.loads((tmp_path / "layout" / "oci-layout").read_text())["imageLayoutVersion"]
+
+
+BASE = "reg.example/serving@sha256:" + "1" * 64
+
+
+@pytest.mark.parametrize(
+    ("image", "missing"),
+    [
+        (ImageParams(), "image.repository"),
+        (ImageParams(base=BASE), "image.repository"),
+        (ImageParams(repository="reg.example/churn"), "image.base"),
+    ],
+)
+def test_a_cluster_target_needs_a_pushed_serving_image(image, missing):
+    with pytest.raises(ImageError, match=rf"cluster but {re.escape(missing)} is null"):
+        check_image_params(image, "cluster")
+    check_image_params(image, "dry-run")  # the embedded default builds locally
+    check_image_params(ImageParams(repository="reg.example/churn", base=BASE), "cluster")

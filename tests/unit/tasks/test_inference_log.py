@@ -102,3 +102,19 @@ def test_missing_or_malformed_label_sources_are_reported(tmp_path):
     pd.DataFrame({"id": ["a"]}).to_parquet(tmp_path / "bad.parquet")
     frame, notes = read_labels(LabelSourceParams(url=str(tmp_path / "bad.parquet")))
     assert frame.empty and "lacks columns ['label', 'time']" in notes[0]
+
+
+def test_records_are_parsed_in_one_arrow_pass_and_odd_ones_count_as_missing(monkeypatch):
+    from tasks import inference_log
+
+    records = ['{"age": 30, "contract": "monthly"}', '{"age": 41.5}', None]
+    import types
+
+    # the row-by-row fallback would need json.loads: without it, only the Arrow pass can work
+    monkeypatch.setattr(inference_log, "json", types.SimpleNamespace(loads=None))
+    frame, problem = inference_log.parse_records(records)
+    assert frame["age"].tolist()[:2] == [30, 41.5] and pd.isna(frame["age"][2])
+    assert problem is None and frame["contract"].tolist()[0] == "monthly"
+    monkeypatch.undo()
+    frame, problem = inference_log.parse_records(['{"age": 1}', "not json", "[1]"])
+    assert frame["age"].tolist()[0] == 1 and "2 logged records are not JSON objects" in problem

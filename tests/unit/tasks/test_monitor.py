@@ -137,8 +137,12 @@ def test_no_traffic_few_labels_missing_version_and_no_champion_are_notes(
 def test_monitor_params_reject_bad_values(tmp_path):
     from tasks.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"monitor\.shadow\.max_flip_rate"):
-        small_params(tmp_path, monitor={"shadow": {"max_flip_rate": 2}})
+    with pytest.raises(ConfigError, match=r"shadow.*max_flip_rate"):
+        small_params(tmp_path, gates={"shadow": {"max_flip_rate": 2}})
     with pytest.raises(ConfigError, match=r"monitor\.window_hours"):
         small_params(tmp_path / "b", monitor={"window_hours": 0})
-    assert small_params(tmp_path / "c").monitor.labels.key == "prediction_id"
+    defaults = small_params(tmp_path / "c")
+    assert defaults.monitor.labels.key == "prediction_id"
+    shadow = defaults.gates.rule("shadow")  # the gate reads the monitor's log and labels
+    assert shadow.log_url == str(defaults.state_dir / "inference-log")
+    assert shadow.labels == defaults.monitor.labels

@@ -85,6 +85,11 @@ def test_connection_failures_to_the_tracking_server_are_outages_others_are_not()
     outage = as_mlflow_outage(refused, uri, 30)
     assert outage is not None and "MLflow" in str(outage) and "pw" not in str(outage)
     assert "127.0.0.1:5999" in str(outage)
+    died = MlflowException(
+        "API request to http://u:pw@127.0.0.1:5999/api/2.0/mlflow/runs/create failed with "
+        "exception ('Connection broken: IncompleteRead(0 bytes read, 892 more expected)')"
+    )
+    assert as_mlflow_outage(died, uri, 30) is not None  # the server died mid-answer
     missing = MlflowException("Registered Model with name=churn not found")
     assert as_mlflow_outage(missing, uri, 30) is None
     assert as_mlflow_outage(refused, "sqlite:///x.db", 30) is None
@@ -96,3 +101,43 @@ def test_call_with_deadline_returns_raises_or_gives_up():
         call_with_deadline(lambda: 1 / 0, 5, "DVC remote", "/r")
     with pytest.raises(ServiceUnavailable, match="DVC remote at s3://\\*\\*\\*@bucket"):
         call_with_deadline(lambda: time.sleep(3), 0.2, "DVC remote", "s3://key:secret@bucket")
+
+
+def test_log_records_lose_url_credentials_in_message_and_traceback():
+    import io
+    import logging
+
+    from tasks.services import install_redaction
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("prefect.task_runs.redaction-test")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        install_redaction()
+        try:
+            raise ConnectionError("API request to https://bob:tok3n@mlflow.example/api failed")
+        except ConnectionError:
+            logger.exception("Task run failed: %s", "postgresql://ml:hunter2@db/mlflow")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "tok3n" not in text and "hunter2" not in text
+    assert "mlflow.example/api" in text and "db/mlflow" in text and "Traceback" in text
+
+
+def test_mlflow_bound_follows_params_but_an_explicit_environment_wins(monkeypatch):
+    import os
+
+    from tasks.services import bound_mlflow
+
+    for key in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(key, raising=False)
+    bound_mlflow(TimeoutsParams(mlflow=5, mlflow_retries=1))
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+    bound_mlflow(TimeoutsParams(mlflow=7, mlflow_retries=1))  # the next run's params
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")  # the user's own setting
+    bound_mlflow(TimeoutsParams(mlflow=9, mlflow_retries=1))
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"

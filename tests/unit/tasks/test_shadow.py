@@ -7,12 +7,16 @@ import pandas as pd
 import pytest
 
 from tasks.data import make_batch, split_holdout
-from tasks.evaluate import metric_value
+from tasks.evaluate import compare
+from tasks.gates.shadow import ShadowRule
 from tasks.inference_log import join_labels, read_recent
+from tasks.metrics import metric_value
 from tasks.shadow import production_batch_sizes, replay
 from tasks.train import train_model
 from tests.helpers import small_params
 from tests.unit.tasks.test_inference_log import T0, write_log
+
+RULE = ShadowRule()
 
 
 class Shifted:
@@ -54,11 +58,9 @@ def test_a_candidate_better_on_holdout_but_flipping_production_decisions_is_reje
     champ_auc = metric_value("roc_auc", y, champion.predict_proba(holdout)[:, 1], 0.5)
     assert cand_auc > champ_auc + 0.01  # better on the holdout the promotion gates look at
 
-    window = read_recent(str(url), params.monitor.shadow.rows, "1")
+    window = read_recent(str(url), RULE.rows, "1")
     assert window.rows == 1_500
-    report = replay(
-        candidate, window, None, params.data.features, params.monitor.shadow, "roc_auc", 0.5
-    )
+    report = replay(candidate, window, None, params.data.features, RULE, "roc_auc", 0.5)
     assert not report.passed
     flips = next(c for c in report.checks if c.name == "shadow_flip_rate")
     assert flips.status == "failed" and report.flip_rate > 0.1
@@ -66,7 +68,7 @@ def test_a_candidate_better_on_holdout_but_flipping_production_decisions_is_reje
     paired = next(c for c in report.checks if c.name == "shadow_paired_metric")
     assert paired.status == "skipped" and "no labelled" in paired.reason
 
-    same = replay(better, window, None, params.data.features, params.monitor.shadow, "roc_auc", 0.5)
+    same = replay(better, window, None, params.data.features, RULE, "roc_auc", 0.5)
     assert same.flip_rate < report.flip_rate
 
 
@@ -83,7 +85,7 @@ def test_paired_comparison_on_labelled_production_requests(setup):
         }
     )
     labelled = join_labels(window, labels, "prediction_id")
-    policy = params.monitor.shadow.model_copy(update={"max_flip_rate": None})
+    policy = RULE.model_copy(update={"max_flip_rate": None})
     worse = replay(
         _Noise(),  # scores unrelated to the outcome
         window,
@@ -109,15 +111,11 @@ class _Noise:
 def test_too_few_logged_requests_skip_the_gate_and_say_so(setup, tmp_path):
     params, _, better, _, _, url = setup
     window = read_recent(str(url), 100, "1")
-    report = replay(
-        better, window, None, params.data.features, params.monitor.shadow, "roc_auc", 0.5
-    )
+    report = replay(better, window, None, params.data.features, RULE, "roc_auc", 0.5)
     assert report.skipped and report.passed
     assert "only 100 logged production predictions" in report.checks[0].reason
     empty = read_recent(str(tmp_path / "none"), 100)
-    assert replay(
-        better, empty, None, params.data.features, params.monitor.shadow, "roc_auc", 0.5
-    ).skipped
+    assert replay(better, empty, None, params.data.features, RULE, "roc_auc", 0.5).skipped
 
 
 def test_records_lacking_features_fail_the_gate_with_the_cause(setup):
@@ -126,7 +124,7 @@ def test_records_lacking_features_fail_the_gate_with_the_cause(setup):
     cut = window.__class__(
         window.start, window.end, window.log, window.inputs.drop(columns=["age"]), window.files
     )
-    report = replay(better, cut, None, params.data.features, params.monitor.shadow, "roc_auc", 0.5)
+    report = replay(better, cut, None, params.data.features, RULE, "roc_auc", 0.5)
     assert not report.passed and "lack features ['age']" in report.failed[0].reason
 
 
@@ -135,3 +133,27 @@ def test_production_batch_sizes_are_those_sent():
         {"request_id": ["a", "b", "b", "c", "c", "c"], "batch_size": [1, 2, 2, 3, 3, 3]}
     )
     assert production_batch_sizes(log) == [1, 2, 3]
+
+
+def test_the_shadow_gate_rejects_in_compare_what_the_holdout_gates_promote(setup):
+    params, champion, better, holdout, _, url = setup
+    candidate = Shifted(better, 2.5)
+    raw = params.gates.model_dump()
+    off = {"enabled": False}
+    raw.update(latency=off, model_size=off, predict_memory=off, fairness=off, prediction_parity=off)
+    policy = type(params.gates).model_validate(raw)
+    without = compare(candidate, champion, holdout, policy, params.data)
+    assert without.gate("shadow").status == "skipped"  # no log configured: says so
+    assert "only 0 logged" in without.gate("shadow").reason
+    assert "no inference log files" in without.gate("shadow").reason
+    assert without.decision == "promote", [(g.name, g.reason) for g in without.failed]
+
+    raw["shadow"] = {"log_url": str(url), "min_rows": 500}
+    report = compare(
+        candidate, champion, holdout, type(params.gates).model_validate(raw), params.data
+    )
+    assert report.decision == "reject"
+    failed = {g.name for g in report.failed}
+    assert "shadow_flip_rate" in failed and all(n.startswith("shadow_") for n in failed)
+    assert report.gate("no_regression").status == "passed"
+    assert "decisions flipped" in report.gate("shadow_flip_rate").reason
