@@ -216,6 +216,56 @@ def _dask_estimator(params: Params, client: Client) -> Any:
     return getattr(lightgbm, name)(client=client, **settings)
 
 
+def _workers(client: Client) -> set[str]:
+    return set(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _fit_watching_workers(client: Client, model: Any, X: Any, y: Any, poll: float = 1.0) -> None:
+    """``model.fit`` on the cluster; a worker that leaves meanwhile fails the training, named.
+
+    LightGBM's Dask training is not elastic: each worker holds its parts and a socket to the
+    others, and its task may only run there. A killed worker (out of memory, preempted) either
+    breaks the others' sockets or leaves its task waiting forever for a worker that is gone; both
+    end here with the worker's address, instead of a hang.
+    """
+    import threading
+    import time
+
+    before = _workers(client)
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            with client.as_current():  # LightGBM computes its inputs with the current client
+                model.fit(X, y)
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            failure.append(exc)
+
+    thread = threading.Thread(target=fit, name="lightgbm-dask-fit", daemon=True)
+    thread.start()
+    gone: set[str] = set()
+    while thread.is_alive() and not gone:
+        thread.join(poll)
+        gone = before - _workers(client)
+    for _ in range(3 if failure and not gone else 0):  # the scheduler may learn of it later
+        time.sleep(poll)
+        gone = before - _workers(client)
+        if gone:
+            break
+    if gone:
+        cause = f" ({type(failure[0]).__name__}: {failure[0]})" if failure else ""
+        raise DaskEngineError(
+            f"Dask worker(s) {sorted(gone)} left the cluster during LightGBM training (killed, "
+            f"out of memory or preempted){cause}; LightGBM's Dask training cannot continue "
+            "without them: retry the run, or give the workers more memory (dask.memory_limit)"
+        )
+    if failure:
+        exc = failure[0]
+        raise DaskEngineError(
+            f"LightGBM training on the Dask cluster failed ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 def train_parts(client: Client, parts: list[Path], params: Params) -> DaskTrained:
     """Fit LightGBM's Dask estimator on the training split of every part; the plain model."""
     import dask.dataframe as dd
@@ -239,13 +289,7 @@ def train_parts(client: Client, parts: list[Path], params: Params) -> DaskTraine
     X = train[data.features].map_partitions(encoder.transform)
     y = train[data.label]
     model = _dask_estimator(params, client)
-    try:
-        with client.as_current():  # LightGBM computes its inputs with the current client
-            model.fit(X, y)
-    except Exception as exc:
-        raise DaskEngineError(
-            f"LightGBM training on the Dask cluster failed ({type(exc).__name__}: {exc})"
-        ) from exc
+    _fit_watching_workers(client, model, X, y)
     pipeline = Pipeline([("columns", encoder), ("model", model.to_local())])
     return DaskTrained(pipeline, sample.reset_index(drop=True), len(train))
 

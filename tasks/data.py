@@ -238,9 +238,15 @@ def check_columns(columns: list[str], params: Params, where: str = "the data") -
 
 
 def batch_columns(path: Path) -> list[str]:
-    """Column names from the Parquet footer, without reading the data."""
+    """Column names from the Parquet footer, without reading the data; of a directory of
+    Parquet parts, its first part's (the Dask engine checks that every part agrees)."""
     import pyarrow.parquet as pq
 
+    if path.is_dir():
+        parts = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        if not parts:
+            raise DataError(f"data directory {path} holds no Parquet parts (*.parquet)")
+        path = parts[0]
     try:
         return list(pq.read_schema(path).names)
     except Exception as exc:  # pyarrow raises several types for corrupt files

@@ -223,10 +223,15 @@ def _fetch_one(version: DataVersion, cache_dir: Path | None) -> DataVersion:
         with opened as repo:
             cached = Path(repo.cache.local.oid_to_path(version.md5))
             if not _complete(repo, cached, version):
-                if is_url(version.repo):
-                    repo.fetch(targets=[version.path])
-                else:
-                    repo.fetch(targets=[version.path], revs=[version.rev], workspace=False)
+                try:
+                    if is_url(version.repo):
+                        repo.fetch(targets=[version.path])
+                    else:
+                        repo.fetch(targets=[version.path], revs=[version.rev], workspace=False)
+                except DvcException:
+                    if version.md5.endswith(".dir") and cached.exists():
+                        _materialize_parts(repo, cached, version)  # names the missing parts
+                    raise
             if not cached.exists():
                 raise _missing(version, repo)
             if version.md5.endswith(".dir"):
