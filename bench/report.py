@@ -95,6 +95,22 @@ def render(r: dict[str, Any]) -> str:
             f"({r['serving_p95_ms_log_on']:.1f} / {r['serving_p95_ms_log_off']:.1f}) | "
             f"≤ {t['serving_log_slowdown']:.0%} slower{_mark(met.get('serving_log_slowdown'))} |"
         )
+    if "dask" in r:
+        d = r["dask"]
+        for name, label in (
+            ("local", "local engine"),
+            ("dask_1_workers", "Dask, 1 worker"),
+            ("dask_2_workers", "Dask, 2 workers"),
+        ):
+            if name in d:
+                e = d[name]
+                peak = e.get("peak_rss_mb_per_worker")
+                lines.append(
+                    f"| {label}, {d['rows']:,} rows: train / score rows per s"
+                    f"{' (peak MB per worker)' if peak else ''} | "
+                    f"{e['train_rows_per_s']:,} / {e['score_rows_per_s']:,}"
+                    f"{f' ({peak})' if peak else ''} | |"
+                )
     for key, label in (("monitor_seconds", "production monitor, 1M logged predictions"),):
         if key in r:
             lines.append(f"| {label} | {_s(r[key])} | |")

@@ -459,6 +459,10 @@ def bench_components(
     out.update(measure_serving())
     print("production monitor over 1,000,000 logged predictions ...", flush=True)
     out.update(measure_monitor())
+    print("training and scoring on Dask (local engine, 1 and 2 workers, 2M rows) ...", flush=True)
+    from bench.dask import bench_dask
+
+    out["dask"] = bench_dask()
     return out
 
 
