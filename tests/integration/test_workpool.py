@@ -78,8 +78,12 @@ def test_worker_renders_a_valid_job_for_every_deployment(kubernetes_pool):
                 if d.name == entry["name"] and d.entrypoint == entry["entrypoint"]
             )
             assert deployment.work_pool_name == kubernetes_pool
+            schema = deployment.parameter_openapi_schema or {}
+            required = {  # e.g. promote/<model>'s version: what a person would pass
+                name: "1" for name in schema.get("required", []) if name not in entry["parameters"]
+            }
             flow_run = client.create_flow_run_from_deployment(
-                deployment.id, parameters=entry["parameters"]
+                deployment.id, parameters={**entry["parameters"], **required}
             )
             job = render_job(kubernetes_pool, flow_run.id)
             # prefect-kubernetes requires parallelism/completions in the pod spec too, where
