@@ -161,7 +161,7 @@ def test_two_models_keep_their_own_deployments_and_champions(workspace):
         )
         assert named[1]["deployment"] == "continuous-training/churn-on-new-data"
         unknown = post_landed(port, {"path": "data/other.parquet", "rev": rev_churn})
-        assert unknown[0] == 422 and "known data paths" in unknown[1]["error"]
+        assert unknown[0] == 422 and "no model trains on" in unknown[1]["error"]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
