@@ -9,6 +9,7 @@ stopped by validation, and a rerun of an already-trained version is skipped.
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 import time
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         help="deploy to the cluster params name (default: dry run, whatever params.yaml says)",
     )
     args = parser.parse_args(argv)
+    if not args.verbose:  # one line per run: no download progress bars between them
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     params = load_params(args.params)
     state = params.state_dir
