@@ -9,8 +9,8 @@ stopped by validation, and a rerun of an already-trained version is skipped.
 from __future__ import annotations
 
 import argparse
-import os
 import logging
+import os
 import sys
 import time
 from pathlib import Path
