@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, default=ROOT / ".ctflows" / "bench")
     parser.add_argument("--plain-from", type=Path, help="reuse plain_cold of this results file")
     parser.add_argument("--no-warm", action="store_true", help="skip the in-process figures")
-    parser.add_argument("--no-extras", action="store_true", help="skip gates and drift on 1M")
+    parser.add_argument(
+        "--no-extras",
+        action="store_true",
+        help="skip what follows the served runs: gates and drift on 1M, image, webhook load, serving, monitor, Dask",
+    )
     args = parser.parse_args(argv)
     state = args.state.resolve()
     if state.exists():
