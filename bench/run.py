@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-extras",
         action="store_true",
-        help="skip what follows the served runs: gates and drift on 1M, image, webhook load, serving, monitor, Dask",
+        help="skip what follows the served runs: gates and drift on 1M rows, the image, "
+        "the webhook under load, serving, the monitor, Dask",
     )
     args = parser.parse_args(argv)
     state = args.state.resolve()
