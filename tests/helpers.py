@@ -22,8 +22,9 @@ def write_params(folder: Path, **overrides: dict[str, Any]) -> Path:
     raw["validate"]["suite"] = str(ROOT / "expectations" / "churn_batch.json")
     raw["train"]["hyperparameters"].update(num_leaves=15)
     raw["deploy"]["target"] = "dry-run"
-    # small and tolerant of a loaded CI machine; the 3x-slower test still fails it
-    raw["gates"]["latency"].update(batch_size=200, repeats=20, warmup=2, max_ratio=1.8)
+    # small and tolerant of a loaded CI machine (noise doubles a 6 ms p95); a 5x-slower model
+    # still fails it
+    raw["gates"]["latency"].update(batch_size=200, repeats=20, warmup=2, max_ratio=2.5)
     for section, values in overrides.items():
         raw[section] = {**raw.get(section, {}), **values}
     path = folder / "params.yaml"

@@ -133,7 +133,7 @@ def test_a_model_without_a_key_feature_regresses(world, tmp_path):
 
 def test_three_times_slower_is_rejected_even_when_more_accurate(world):
     params, champion, better, holdout = world
-    report = compare(Slow(better, 3.0), champion, holdout, params.gates, params.data)
+    report = compare(Slow(better, 5.0), champion, holdout, params.gates, params.data)
     assert report.decision == "reject"
     latency = report.gate("latency")
     assert latency.status == "failed" and "x the champion" in latency.reason
@@ -371,5 +371,5 @@ def test_force_skips_only_the_champion_comparison_gates(world, tmp_path):
     status = gates_of(report)
     assert status["no_regression"] == status["significance"] == "skipped"
     assert report.decision == "promote"
-    slow = compare(Slow(champion, 3.0), champion, holdout, params.gates, params.data, force=True)
+    slow = compare(Slow(champion, 5.0), champion, holdout, params.gates, params.data, force=True)
     assert slow.decision == "reject" and gates_of(slow)["latency"] == "failed"
