@@ -35,11 +35,21 @@ def declare(project: Path, name: str, data_path: str) -> None:
 
 
 def champion(ws, name: str) -> str | None:
+    """The champion's version; None only when there is none. A store still busy with a run
+    that was stopped with the served process (SQLite locked) is asked again, briefly."""
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient(tracking_uri(ws.params))
-    try:
-        return str(client.get_model_version_by_alias(name, "champion").version)
-    except Exception:
-        return None
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return str(client.get_model_version_by_alias(name, "champion").version)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or time.monotonic() > deadline:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise
+            time.sleep(0.5)
 
 
 SECRET = "two-models-secret"
