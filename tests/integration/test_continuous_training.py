@@ -9,15 +9,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
 from tasks.data import corrupt_batch, make_batch
-from tasks.train import tracking_uri
 from tasks.validate import DataValidationError
+from tests.helpers import store
 
 
 def champion_version(ws) -> str | None:
-    client = MlflowClient(tracking_uri(ws.params))
+    client = store(ws.params)
     try:
         return str(client.get_model_version_by_alias("churn-classifier", "champion").version)
     except mlflow.exceptions.MlflowException:
@@ -56,7 +55,7 @@ def test_run_carries_lineage_signature_and_report(workspace):
     ws = workspace
     rev = ws.land_day(1, 3_000)
     outcome = ws.run(rev)
-    client = MlflowClient(tracking_uri(ws.params))
+    client = store(ws.params)
     run = client.get_run(outcome.run_id)
     tags = run.data.tags
     assert tags["ct.data_md5"] == outcome.data_md5
@@ -150,7 +149,7 @@ def test_dvc_repro_reproduces_the_flow_metrics(workspace, tmp_path):
 
     prep = ws.params.prepare
     outcome = ws.run(ws.land(make_batch(prep.day, prep.rows, prep.seed, prep.drift), "prepare"))
-    flow_metrics = MlflowClient(tracking_uri(ws.params)).get_run(outcome.run_id).data.metrics
+    flow_metrics = store(ws.params).get_run(outcome.run_id).data.metrics
     for name, value in repro.items():
         assert flow_metrics[f"holdout_{name}"] == pytest.approx(value, abs=1e-9), name
 
@@ -176,6 +175,6 @@ def test_rejection_names_failed_gates_and_where_the_report_is(workspace):
     assert rejected.kind == "rejected"
     message = json.dumps(ws.slack.messages[-1])
     assert "significance" in message and "gates/" in message and rejected.run_id in message
-    client = MlflowClient(tracking_uri(ws.params))
+    client = store(ws.params)
     files = {f.path for f in client.list_artifacts(rejected.run_id, "gates")}
     assert {"gates/report.json", "gates/curves.png", "gates/bootstrap.png"} <= files

@@ -11,13 +11,11 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
-from mlflow.tracking import MlflowClient
 
 from tasks.dask_engine import DaskEngineError
 from tasks.data import make_batch, publish_batch
 from tasks.data_versions import MissingDataError
-from tasks.train import tracking_uri
-from tests.helpers import ROOT, write_params
+from tests.helpers import ROOT, store, write_params
 
 PARTS = "data/parts"
 
@@ -40,7 +38,7 @@ def land_parts(ws, days=(1, 2, 3), rows: int = 1_500) -> str:
 
 
 def champion_version(ws) -> str | None:
-    client = MlflowClient(tracking_uri(ws.params))
+    client = store(ws.params)
     try:
         return str(client.get_model_version_by_alias("churn-classifier", "champion").version)
     except mlflow.exceptions.MlflowException:
@@ -53,7 +51,7 @@ def test_a_partitioned_version_validates_trains_on_dask_and_is_promoted(dask_ws)
     assert outcome.kind == "promoted", outcome.line()
     assert outcome.data_md5.endswith(".dir")
     assert champion_version(ws) == outcome.version == "1"
-    run = MlflowClient(tracking_uri(ws.params)).get_run(outcome.run_id)
+    run = store(ws.params).get_run(outcome.run_id)
     assert run.data.params["engine"] == "dask"
     assert run.data.tags["ct.data_md5"] == outcome.data_md5
     assert 3_000 < int(run.data.params["train_rows"]) < 4_500  # the training split of 3 parts

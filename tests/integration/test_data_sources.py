@@ -6,10 +6,9 @@ import json
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from tasks.data import MissingColumnsError, make_batch
-from tasks.train import tracking_uri
+from tests.helpers import store
 
 
 def set_data(ws, **values) -> None:
@@ -28,13 +27,13 @@ def test_a_url_repository_with_a_window_trains_on_every_version_and_lists_them(w
 
     outcome = continuous_training(rev="main", repo=url, params_file=str(ws.params_file))
     assert outcome.kind == "promoted", outcome.line()
-    tags = MlflowClient(tracking_uri(ws.params)).get_run(outcome.run_id).data.tags
+    tags = store(ws.params).get_run(outcome.run_id).data.tags
     assert tags["ct.data_repo"] == url
     assert tags["ct.data_rev"] == revs[2]
     used = json.loads(tags["ct.data_versions"])
     assert [u["rev"] for u in used] == [revs[2], revs[1]]
     assert used[0]["md5"] == outcome.data_md5
-    run = MlflowClient(tracking_uri(ws.params)).get_run(outcome.run_id)
+    run = store(ws.params).get_run(outcome.run_id)
     assert 2_000 < int(run.data.params["train_rows"]) < 3_000  # 80% of 2 x 1,500 rows
     assert (ws.params.state_dir / "dvc-cache").is_dir()  # fetched by DVC into its cache
 

@@ -15,11 +15,9 @@ from contextlib import contextmanager
 
 import pytest
 from kubernetes import client, config
-from mlflow.tracking import MlflowClient
 
 from tasks.deploy import DeployError, RolloutFailed
-from tasks.train import tracking_uri
-from tests.helpers import ROOT
+from tests.helpers import ROOT, store
 from tests.integration.test_continuous_training import champion_version
 from tests.kube_standin import Standin
 
@@ -60,7 +58,7 @@ def kube(tmp_path, workspace, oci_registry, serving_base):
 
 def version_image(ws, version: str) -> str:
     """The by-digest image the flow recorded on the MLflow version."""
-    mlflow = MlflowClient(tracking_uri(ws.params))
+    mlflow = store(ws.params)
     return mlflow.get_model_version("churn-classifier", version).tags["ct.image"]
 
 
@@ -191,7 +189,7 @@ def test_unready_image_rolls_back_cluster_and_alias(workspace, kube):
     dep = deployment(kube)
     assert dep.spec.template.metadata.annotations["ctflows.io/model-version"] == "1"
     assert dep.status.available_replicas == 2
-    mlflow = MlflowClient(tracking_uri(workspace.params))
+    mlflow = store(workspace.params)
     failed_run = mlflow.get_model_version("churn-classifier", "2").run_id
     assert "progress deadline" in mlflow.get_run(failed_run).data.tags["ct.rollback_reason"]
     message = json.dumps(workspace.slack.messages[-1])

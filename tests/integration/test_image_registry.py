@@ -14,12 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from tasks.config import ImageParams
 from tasks.image import ImageError, ImageSpec, Layout, build_image
 from tasks.registry import Reference, Registry, RegistryError
 from tasks.train import tracking_uri
+from tests.helpers import store
 from tests.oci_registry import free_port, push_base, skopeo_inspect, unpack
 
 SPEC = ImageSpec(
@@ -47,7 +47,7 @@ def test_pushed_image_agrees_with_skopeo_and_serves_the_candidates_scores(
     set_image(ws, repository=f"{oci_registry}/churn-model", base=serving_base)
     outcome = ws.run(ws.land_day(1, 3_000))
     assert outcome.kind == "promoted"
-    mlflow = MlflowClient(tracking_uri(ws.params))
+    mlflow = store(ws.params)
     tags = mlflow.get_model_version("churn-classifier", outcome.version).tags
     digest = tags["ct.image_digest"]
     assert tags["ct.image"] == f"{oci_registry}/churn-model@{digest}"

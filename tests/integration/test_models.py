@@ -11,12 +11,10 @@ import time
 from pathlib import Path
 
 import yaml
-from mlflow.tracking import MlflowClient
 
 from deployments.server import free_port
 from tasks.data import make_batch, publish_batch
-from tasks.train import tracking_uri
-from tests.helpers import ROOT
+from tests.helpers import ROOT, store
 from tests.integration.test_cli import as_json, ctflows
 
 
@@ -39,7 +37,7 @@ def champion(ws, name: str) -> str | None:
     that was stopped with the served process (SQLite locked) is asked again, briefly."""
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri(ws.params))
+    client = store(ws.params)
     deadline = time.monotonic() + 30
     while True:
         try:

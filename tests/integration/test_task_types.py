@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from mlflow.tracking import MlflowClient
 
 from deployments.serving.app import create_app
 from tasks.data import make_batch
-from tasks.train import tracking_uri
+from tests.helpers import store
 
 NUMERIC = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())["data"][
     "numeric_features"
@@ -71,7 +70,7 @@ def test_flow_trains_gates_promotes_and_serves_each_task(workspace, case):
     workspace.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     outcome = workspace.run(workspace.land(make_batch(1, 2_000), "day 1"))
     assert outcome.kind == "promoted", outcome.line()
-    client = MlflowClient(tracking_uri(workspace.params))
+    client = store(workspace.params)
     report = json.loads(
         Path(client.download_artifacts(outcome.run_id, "gates/report.json")).read_text()
     )

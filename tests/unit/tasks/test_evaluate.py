@@ -45,13 +45,15 @@ class Jittered:
 
 
 class Slow:
+    """``factor`` times slower, and at least 30 ms slower: above the latency gate's floor."""
+
     def __init__(self, model, factor):
         self.model, self.factor = model, factor
 
     def predict_proba(self, X):
         started = time.perf_counter()
         out = self.model.predict_proba(X)
-        time.sleep((self.factor - 1) * (time.perf_counter() - started))
+        time.sleep(max((self.factor - 1) * (time.perf_counter() - started), 0.03))
         return out
 
 

@@ -171,10 +171,46 @@ def test_a_disturbed_latency_timer_is_an_error_not_a_rejection(rows, tmp_path):
     holdout, _, good, vague = rows
     params = small_params(
         tmp_path,
-        gates={"latency": {"batch_size": 200, "repeats": 20, "warmup": 2, "max_ratio": 1.5}},
+        gates={
+            "latency": {
+                "batch_size": 200,
+                "repeats": 20,
+                "warmup": 2,
+                "max_ratio": 1.5,
+                "min_slowdown_ms": 1,
+            }
+        },
     )
     with pytest.raises(GateError, match=r"latency.*disturbed"):
         compare(SlowAtFirst(good, 22), Fixed(vague), holdout, params.gates, params.data)
+
+
+class SlowerBy(Fixed):
+    """A fixed number of milliseconds slower per call than `Fixed`."""
+
+    def __init__(self, scores, ms):
+        super().__init__(scores)
+        self.ms = ms
+
+    def predict_proba(self, X):
+        time.sleep(self.ms / 1000)
+        return super().predict_proba(X)
+
+
+def test_a_few_milliseconds_are_not_judged_as_a_latency_ratio(rows, tmp_path):
+    """Many times slower on a sub-millisecond champion, but by 3 ms: noise on a busy machine
+    does as much, so only the budget holds; 40 ms slower is judged by the ratio."""
+    holdout, _, good, vague = rows
+    params = small_params(
+        tmp_path, gates={"latency": {"batch_size": 200, "repeats": 20, "max_ratio": 1.5}}
+    )
+    few = compare(SlowerBy(good, 3), Fixed(vague), holdout, params.gates, params.data)
+    gate = few.gate("latency")
+    assert gate.status == "passed" and "not judged" in gate.reason
+    assert gate.candidate > 3 * gate.champion
+    many = compare(SlowerBy(good, 40), Fixed(vague), holdout, params.gates, params.data)
+    assert many.gate("latency").status == "failed"
+    assert "x the champion" in many.gate("latency").reason
 
 
 def test_predict_memory_sees_memory_in_a_fresh_process(rows, tmp_path):
