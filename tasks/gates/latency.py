@@ -20,6 +20,7 @@ from tasks.reports import GateError, GateResult, Status
 if TYPE_CHECKING:
     from tasks.gates.evidence import Evidence
 
+
 class LatencyParams(GateRule):
     batch_size: int = Field(1000, ge=1)
     repeats: int = Field(30, ge=5)
