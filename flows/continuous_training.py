@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from tasks.config import Params, load_params
+from tasks.dask_engine import dask_run
 from tasks.data import lineage_tags, pull_data, resolve_data
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate
@@ -62,7 +63,7 @@ def continuous_training(
     """
     params = load_params(params_file)
     install_redaction()  # no credentials in any log line, Prefect's own included
-    with prefect_deadline(params.timeouts), hold_training_lock(params):
+    with prefect_deadline(params.timeouts), hold_training_lock(params), dask_run():
         return _continuous_training(params, rev, path, repo, md5, dry_run, force)
 
 

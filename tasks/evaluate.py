@@ -42,6 +42,7 @@ from tasks.reports import (
 from tasks.resampling import bootstrap_gain
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def compare(
     force: bool = False,
     task: TaskType = "binary",
     retrain: Callable[[], Any] | None = None,
+    scorer: Callable[[Any, str], np.ndarray] | None = None,
 ) -> GateReport:
     """Gate ``candidate`` against ``champion`` on exactly the same ``holdout`` rows.
 
@@ -88,10 +90,13 @@ def compare(
     ``champion_scoring`` gate; any other error (a model that cannot score, a gate that
     raises, a disturbed timer) raises: an error is never a decision. ``force`` skips the
     gates that allow it (no-regression and significance) and, with a declared schema change,
-    the comparison with the champion; every other gate still applies.
+    the comparison with the champion; every other gate still applies. ``scorer(model, who)``
+    scores the holdout's rows elsewhere (the Dask engine's workers) instead of here.
     """
     data = data or load_params().data
-    evidence = build_evidence(candidate, champion, holdout, policy, data, task, force, retrain)
+    evidence = build_evidence(
+        candidate, champion, holdout, policy, data, task, force, retrain, scorer
+    )
     gates = build_gates(policy)
     evidence.artifacts["plotting_gates"] = [g for g in gates if callable(getattr(g, "plot", None))]
     results = run_gates(gates, evidence) + list(extra_gates)
@@ -155,24 +160,41 @@ def evaluate_candidate(
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     logger = get_run_logger()
-    train_df, holdout = split_holdout(read_version(version), params.data)
+    if params.train.engine == "dask":  # the holdout stays on the workers; they score it
+        from tasks.dask_engine import holdout_on_dask, train_on_dask
 
-    def retrain() -> Any:
-        from tasks.train import train_model
+        with holdout_on_dask(version, params) as held:
+            report = compare(
+                candidate,
+                champion,
+                held.frame,
+                params.gates,
+                params.data,
+                (),
+                force,
+                params.train.task,
+                lambda: train_on_dask(version, params).pipeline,
+                held.score,
+            )
+    else:
+        train_df, holdout = split_holdout(read_version(version), params.data)
 
-        return train_model(train_df, params)
+        def retrain() -> Any:
+            from tasks.train import train_model
 
-    report = compare(
-        candidate,
-        champion,
-        holdout,
-        params.gates,
-        params.data,
-        (),
-        force,
-        params.train.task,
-        retrain,
-    )
+            return train_model(train_df, params)
+
+        report = compare(
+            candidate,
+            champion,
+            holdout,
+            params.gates,
+            params.data,
+            (),
+            force,
+            params.train.task,
+            retrain,
+        )
     for note in report.notes:
         (logger.warning if note.startswith("WARNING") else logger.info)("%s", note)
     with tempfile.TemporaryDirectory() as plots:
