@@ -44,6 +44,7 @@ from tasks.resampling import bootstrap_gain
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+    from prefect.futures import PrefectFuture
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ def reproducibility_gate(
     return reproducibility_result(model, retrained, holdout, tolerance)
 
 
-def log_report(report: GateReport, run_id: str, plots_dir: Path) -> None:
-    """Metrics, the report JSON/markdown and its plots on the candidate's MLflow run."""
+def log_report(report: GateReport, run_id: str) -> None:
+    """Metrics, the report JSON/markdown and the decision on the candidate's MLflow run."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -134,10 +135,38 @@ def log_report(report: GateReport, run_id: str, plots_dir: Path) -> None:
             client.log_metric(run_id, f"champion_holdout_{_metric_key(name)}", value)
     client.log_dict(run_id, report.to_dict(), "gates/report.json")
     client.log_text(run_id, report.to_markdown(), "gates/report.md")
-    write_plots(report, plots_dir)
-    write_gate_overview(report, plots_dir)
-    client.log_artifacts(run_id, str(plots_dir), "gates")
     client.set_tag(run_id, "ct.decision", report.decision)
+
+
+def log_report_plots(report: GateReport, run_id: str) -> int:
+    """The report's plots (PNG) under ``gates/`` on the candidate's MLflow run; how many."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        drawn = [*write_plots(report, folder), write_gate_overview(report, folder)]
+        MlflowClient().log_artifacts(run_id, str(folder), "gates")
+    return len(drawn)
+
+
+@task(name="plot-gate-report", cache_policy=NONE)
+def plot_gate_report(report: GateReport, run_id: str) -> int:
+    """Draw and log the report's plots. They decide nothing, so the flow runs this alongside
+    promotion and waits for it before it ends (``.submit()`` then ``.result()``)."""
+    drawn = log_report_plots(report, run_id)
+    get_run_logger().info("%d gate plots logged to MLflow run %s", drawn, run_id)
+    return drawn
+
+
+def wait_for_plots(plots: PrefectFuture[int] | None) -> None:
+    """Wait for ``plot_gate_report``; plots that failed cost a warning, not the run."""
+    if plots is None:
+        return
+    plots.wait()
+    if not plots.state.is_completed():
+        get_run_logger().warning("gate plots not logged: %s", plots.state.message)
 
 
 def _metric_key(name: str) -> str:
@@ -154,9 +183,8 @@ def evaluate_candidate(
     run_id: str,
     force: bool = False,
 ) -> GateReport:
-    """Gate the candidate on the batch's held-out rows; log the report to MLflow and Prefect."""
-    import tempfile
-
+    """Gate the candidate on the batch's held-out rows; log the report to MLflow and Prefect
+    (its plots: ``plot_gate_report``)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     logger = get_run_logger()
@@ -197,8 +225,7 @@ def evaluate_candidate(
         )
     for note in report.notes:
         (logger.warning if note.startswith("WARNING") else logger.info)("%s", note)
-    with tempfile.TemporaryDirectory() as plots:
-        log_report(report, run_id, Path(plots))
+    log_report(report, run_id)
     create_table_artifact(report.table_rows(), key="gate-report", description=report.decision)
     create_markdown_artifact(report.to_markdown(), key="gate-summary")
     logger.info(
