@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from tasks.champion import get_champion
 from tasks.config import Params, load_params
 from tasks.dask_engine import dask_run
 from tasks.data import lineage_tags, pull_data, resolve_data
+from tasks.decisions import find_decision
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate, plot_gate_report, wait_for_plots
 from tasks.gates.predict_memory import probe_scope, start_probe
 from tasks.image import build_model_image
+from tasks.journal import recover_interrupted
 from tasks.ledger import check_freeze
 from tasks.notify import Kind, RunOutcome, flow_run_link, notify
 from tasks.promote import (
-    find_decision,
     finish_promotion,
-    get_champion,
     promote_model,
-    recover_interrupted,
     register_candidate,
     restore_champion,
 )
