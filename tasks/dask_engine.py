@@ -5,9 +5,8 @@ validated with the Great Expectations suite on a worker, in parallel; the expect
 the whole batch (row count, uniqueness, a column's mean) are computed across the parts instead.
 Training uses ``lightgbm.DaskLGBMClassifier``/``DaskLGBMRegressor`` on the workers; the model
 that comes back (``to_local()``) is the plain LightGBM model inside the same pipeline as the
-local engine's, so MLflow, the gates and serving do not change. The holdout is scored by both
-models on the workers, partition by partition; the gates get the scores (one per row) as with
-the local engine.
+local engine's, so MLflow, the gates and serving do not change. The holdout is scored on the
+workers (``tasks.dask_scoring``).
 
 A run opens one cluster (``dask_run``) for all its Dask steps: started by the first step that
 needs it, closed when the run ends; a run that skips starts none.
@@ -31,12 +30,9 @@ from tasks.data import DataError, DataVersion, check_columns, split_holdout
 from tasks.validate import Failure, ValidationResult
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
     from distributed import Client
     from sklearn.pipeline import Pipeline
-
-    from tasks.metrics import TaskType
 
 log = logging.getLogger(__name__)
 
@@ -378,61 +374,3 @@ def train_on_dask(version: DataVersion, params: Params) -> DaskTrained:
     with dask_client(params) as client:
         log.info("training on %d parts with %s", len(parts), client)
         return train_parts(client, parts, params)
-
-
-def _holdout_part(df: pd.DataFrame, params: Params) -> pd.DataFrame:
-    return split_holdout(df, params.data)[1]
-
-
-def _score_part(df: pd.DataFrame, model: Any, task: TaskType, who: str) -> np.ndarray | None:
-    from tasks.gates.evidence import score
-
-    return None if df.empty else score(model, df, who, task)
-
-
-@dataclass
-class DaskHoldout:
-    """The holdout rows of a partitioned version, kept on the workers and scored there.
-
-    ``frame`` holds the same rows in the same order, gathered for what the gates read besides
-    the scores (labels, slice columns, a batch for the latency gate)."""
-
-    client: Client
-    partitions: list[Any]  # dask.delayed, one per persisted holdout partition
-    frame: pd.DataFrame
-    task: TaskType
-
-    def score(self, model: Any, who: str) -> np.ndarray:
-        """``model``'s scores on every holdout row, computed partition by partition on the
-        workers; a model that cannot score raises EvaluationError naming it, as locally."""
-        import dask
-        import numpy as np
-
-        from tasks.reports import EvaluationError
-
-        remote = self.client.scatter(model, broadcast=True, hash=False)
-        scoring = [dask.delayed(_score_part)(p, remote, self.task, who) for p in self.partitions]
-        try:
-            pieces = self.client.gather(self.client.compute(scoring))
-        except EvaluationError:
-            raise
-        except Exception as exc:
-            raise DaskEngineError(
-                f"scoring the {who} on the Dask cluster failed ({type(exc).__name__}: {exc})"
-            ) from exc
-        kept = [p for p in pieces if p is not None]
-        return np.concatenate(kept) if kept else np.empty(0)
-
-
-@contextlib.contextmanager
-def holdout_on_dask(version: DataVersion, params: Params) -> Iterator[DaskHoldout]:
-    """The version's holdout split, persisted on the cluster for scoring; see DaskHoldout."""
-    import dask.dataframe as dd
-
-    parts = version_parts(version)
-    with dask_client(params) as client:
-        ddf = dd.read_parquet([str(p) for p in parts])
-        holdout = client.persist(ddf.map_partitions(_holdout_part, params))
-        frame = client.compute(holdout).result().reset_index(drop=True)
-        log.info("holdout of %d rows in %d partitions on Dask", len(frame), holdout.npartitions)
-        yield DaskHoldout(client, list(holdout.to_delayed()), frame, params.train.task)

@@ -189,7 +189,8 @@ def evaluate_candidate(
 
     logger = get_run_logger()
     if params.train.engine == "dask":  # the holdout stays on the workers; they score it
-        from tasks.dask_engine import holdout_on_dask, train_on_dask
+        from tasks.dask_engine import train_on_dask
+        from tasks.dask_scoring import holdout_on_dask
 
         with holdout_on_dask(version, params) as held:
             report = compare(

@@ -48,7 +48,7 @@ def champion_version(ws) -> str | None:
 
 def test_a_partitioned_version_validates_trains_on_dask_and_is_promoted(dask_ws, caplog):
     ws = dask_ws
-    with caplog.at_level(logging.INFO, logger="tasks.dask_engine"):
+    with caplog.at_level(logging.INFO, logger="tasks"):
         outcome = ws.run(land_parts(ws))
     started = [r for r in caplog.records if "starting a local Dask cluster" in r.getMessage()]
     assert len(started) == 1  # validation, training and scoring share the run's cluster

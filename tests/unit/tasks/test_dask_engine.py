@@ -17,11 +17,11 @@ from tasks.dask_engine import (
     check_parts,
     dask_client,
     dask_run,
-    holdout_on_dask,
     train_on_dask,
     train_parts,
     validate_parts,
 )
+from tasks.dask_scoring import holdout_on_dask
 from tasks.data import DataError, corrupt_batch, make_batch, split_holdout
 from tasks.data_versions import DataVersion
 from tasks.estimators import train_model
