@@ -4,7 +4,7 @@
 
 Trains the benchmark model (the flow's estimator and hyperparameters on ``--rows`` rows),
 starts Debian's docker-registry on loopback, pushes a small serving base, then times
-``tasks.image.build_image`` end to end (servable check, base from the registry, the
+``tasks.image_build.build_image`` end to end (servable check, base from the registry, the
 reproducible layer, push by oras-py, manifest check by digest) for a new version each run.
 The share is image seconds / flow seconds (from ``--flow-seconds`` or bench/results.json's
 ``flow_seconds``). Target: under 10 % of a flow run.
@@ -53,7 +53,7 @@ def bench_image(
 ) -> dict[str, Any]:
     """Median seconds to build and push the model image (base cached), its first (cold) run,
     the model layer's size, and the share of a flow run."""
-    from tasks.image import ImageSpec, build_image
+    from tasks.image_build import ImageSpec, build_image
     from tests.oci_registry import docker_registry, push_base
 
     with tempfile.TemporaryDirectory(prefix="ctflows-bench-image-") as tmp:

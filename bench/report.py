@@ -127,10 +127,11 @@ def render(r: dict[str, Any]) -> str:
     plain_of = {"validate-data": "validate", "train-model": "fit", "evaluate-candidate": "score"}
     for name, seconds in served["tasks"].items():
         other = plain_of.get(name)
+        label = f"task `{name}`" + (" (alongside the tasks after it)" if name in ALONGSIDE else "")
         lines.append(
-            f"| task `{name}` | {seconds:.2f} | {plain['stages'][other]:.2f} ({other}) |"
+            f"| {label} | {seconds:.2f} | {plain['stages'][other]:.2f} ({other}) |"
             if other
-            else f"| task `{name}` | {seconds:.2f} | |"
+            else f"| {label} | {seconds:.2f} | |"
         )
     lines.append(f"| flow outside tasks (Running → Completed) | {served['outside_tasks']:.2f} | |")
     lines.append(f"| read the batch | (in the tasks) | {plain['stages'].get('read', 0):.2f} |")
@@ -140,25 +141,33 @@ def render(r: dict[str, Any]) -> str:
             "Memory and time of a served full run as the batch grows (peak resident memory of "
             "the flow-run process, against the batch's in-memory size):",
             "",
-            "| rows | batch in memory | peak RSS | of which libraries | RSS / batch | run time |",
-            "|---|---|---|---|---|---|",
+            "| rows | batch in memory | peak RSS | of which libraries | RSS / batch "
+            "| run's own / batch | run time |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in r["scaling"]:
             libs = row.get("library_rss_bytes")
+            own = row.get("own_rss_over_batch", row["rss_over_batch"])
             lines.append(
                 f"| {row['rows']:,} | {row['batch_bytes'] / 2**20:.0f} MiB | "
                 f"{row['peak_rss_bytes'] / 2**20:.0f} MiB | "
                 f"{'—' if libs is None else f'{libs / 2**20:.0f} MiB'} | "
-                f"{row['rss_over_batch']:.1f}"
-                f"{_mark(row['rss_over_batch'] <= t['rss_over_batch'])} | {_s(row['seconds'])} |"
+                f"{row['rss_over_batch']:.1f} | {own:.1f}"
+                f"{_mark(own <= t['rss_over_batch'])} | {_s(row['seconds'])} |"
             )
         lines += [
             "",
-            "Peak RSS counts the libraries a run has imported (shared with the fork server, "
-            "so paid once per machine, not per run); they dominate small batches.",
+            "Peak RSS counts the libraries a run has imported, shared with the fork server "
+            "(paid once per machine, not per run); they dominate small batches. The target "
+            f"(≤ {t['rss_over_batch']}× the batch) is judged on the run's own memory: its peak "
+            "RSS less the fork server's.",
         ]
         lines += ["", "![memory and time against rows](bench/scaling.png)"]
     return "\n".join(lines)
+
+
+# tasks that run alongside others (bench/run.py leaves them out of the critical path)
+ALONGSIDE = frozenset({"plot-gate-report"})
 
 
 def update_readme(readme: Path, text: str) -> bool:

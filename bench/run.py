@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from bench.report import plot_scaling, render, update_readme
+from bench.report import ALONGSIDE, plot_scaling, render, update_readme
 from bench.served import BenchError, RunTiming, Stack, served_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +172,8 @@ def measure(args: argparse.Namespace, state: Path) -> dict[str, Any]:
         "accepted_to_running": served["accepted_to_running"] <= TARGETS["accepted_to_running"],
         "landed_to_rollout": ratios["landed_to_rollout_over_plain"]
         <= TARGETS["landed_to_rollout_over_plain"],
-        "rss_over_batch": all(s["rss_over_batch"] <= TARGETS["rss_over_batch"] for s in scaling)
+        # judged on what a run adds above the libraries it shares with the fork server
+        "rss_over_batch": all(s["own_rss_over_batch"] <= TARGETS["rss_over_batch"] for s in scaling)
         if scaling
         else None,
         "drift_seconds_1m": results["drift_seconds_1m"] <= TARGETS["drift_seconds_1m"]
@@ -275,12 +276,15 @@ def served_scaling(stack: Stack, rows: int, day: int) -> dict[str, Any]:
     batch = pd.read_parquet(stack.data_repo / "data" / "batch.parquet")
     size = int(batch.memory_usage(deep=True).sum())
     assert timing.peak_rss_bytes is not None
+    libraries = stack.library_rss()
+    own = timing.peak_rss_bytes - (libraries or 0)  # what the run adds to the shared libraries
     return {
         "rows": rows,
         "batch_bytes": size,
         "peak_rss_bytes": timing.peak_rss_bytes,
         "rss_over_batch": round(timing.peak_rss_bytes / size, 2),
-        "library_rss_bytes": stack.library_rss(),
+        "library_rss_bytes": libraries,
+        "own_rss_over_batch": round(own / size, 2),
         "seconds": round(timing.total, 3),
         "tasks": timing.tasks,
     }
@@ -289,7 +293,10 @@ def served_scaling(stack: Stack, rows: int, day: int) -> dict[str, Any]:
 def summarize_served(full: list[RunTiming], unchanged: list[RunTiming], runner: str) -> dict:
     names = sorted({name for t in full for name in t.tasks}, key=lambda n: _order(full, n))
     tasks = {n: _median([t.tasks.get(n, 0.0) for t in full]) for n in names}
-    outside = [t.total - t.accepted_to_running - sum(t.tasks.values()) for t in full]
+    outside = [
+        t.total - t.accepted_to_running - sum(v for n, v in t.tasks.items() if n not in ALONGSIDE)
+        for t in full
+    ]
     return {
         "runner": runner,
         "full_seconds": _median([t.total for t in full]),
@@ -317,6 +324,7 @@ def _order(full: list[RunTiming], name: str) -> int:
     """Tasks in the order a run reaches them (their order in the recorded breakdown)."""
     order = ["setup-tracking", "recover", "resolve-data", "find-previous-run", "pull-data"]
     order += ["validate-data", "check-deployment", "train-model", "evaluate-candidate"]
+    order += ["plot-gate-report"]
     order += ["promote-model", "deploy-model", "finish-promotion", "complete-run", "notify"]
     return order.index(name) if name in order else len(order)
 

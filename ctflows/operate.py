@@ -42,7 +42,7 @@ def rollback_target(model: Model, to: str | None) -> tuple[str | None, str]:
     """(current champion, version to go back to), or Refused saying why not."""
     from mlflow.tracking import MlflowClient
 
-    from tasks.promote import current_champion_version
+    from tasks.champion import current_champion_version
 
     params = model.params()
     use_tracking(params)
@@ -80,7 +80,7 @@ def rollback(model: Model, to: str | None, reason: str) -> dict[str, Any]:
 
 def promote(model: Model, version: str, reason: str) -> dict[str, Any]:
     from flows.promote import promote as promote_flow
-    from tasks.promote import current_champion_version
+    from tasks.champion import current_champion_version
 
     params = model.params()
     use_tracking(params)

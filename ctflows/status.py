@@ -71,7 +71,7 @@ def _why(exc: BaseException) -> str:
 def champion_facts(params: Params, decisions: list[Decision]) -> dict[str, Any] | None:
     from mlflow.tracking import MlflowClient
 
-    from tasks.promote import current_champion_version
+    from tasks.champion import current_champion_version
 
     name, alias = params.registry.model_name, params.registry.alias
     version = current_champion_version(name, alias)
@@ -147,7 +147,7 @@ def cluster_facts(params: Params, champion: dict[str, Any] | None) -> dict[str, 
 
 
 def journal_facts(params: Params) -> dict[str, Any] | None:
-    from tasks.promote import read_journal
+    from tasks.journal import read_journal
 
     entry = read_journal(params.registry.model_name)
     if entry is None:

@@ -59,12 +59,22 @@ PRELOAD: tuple[str, ...] = (
     "mlflow",
     "mlflow.sklearn",
     "mlflow.tracking",
+    # imported lazily by the first MLflow call of a run: 0.5 s that every run, a skip too, paid
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "alembic.runtime.migration",
     "dvc.api",
+    "networkx",  # DVC's repository graph
+    "git",
+    "pygit2",
     "dvc.repo",
     "kubernetes.client",
     "kubernetes.config",
     "slack_sdk.webhook",
     "matplotlib.pyplot",
+    "pyarrow.dataset",
+    "psutil",
+    "oras.provider",
 )
 
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from tasks.champion import get_champion
 from tasks.config import Params, load_params
+from tasks.dask_engine import dask_run
 from tasks.data import lineage_tags, pull_data, resolve_data
+from tasks.decisions import find_decision
 from tasks.deploy import check_deployment, deploy_model
-from tasks.evaluate import GateRejected, evaluate_candidate
+from tasks.evaluate import GateRejected, evaluate_candidate, plot_gate_report, wait_for_plots
+from tasks.gates.predict_memory import probe_scope, start_probe
 from tasks.image import build_model_image
+from tasks.journal import recover_interrupted
 from tasks.ledger import check_freeze
 from tasks.notify import Kind, RunOutcome, flow_run_link, notify
 from tasks.promote import (
-    find_decision,
     finish_promotion,
-    get_champion,
     promote_model,
-    recover_interrupted,
     register_candidate,
     restore_champion,
 )
@@ -62,7 +64,7 @@ def continuous_training(
     """
     params = load_params(params_file)
     install_redaction()  # no credentials in any log line, Prefect's own included
-    with prefect_deadline(params.timeouts), hold_training_lock(params):
+    with prefect_deadline(params.timeouts), hold_training_lock(params), dask_run(), probe_scope():
         return _continuous_training(params, rev, path, repo, md5, dry_run, force)
 
 
@@ -78,6 +80,7 @@ def _continuous_training(
     logger = get_run_logger()
     outcome = RunOutcome("failed", params.registry.model_name, flow_run=flow_run_link())
     step = "setup"
+    plots = None
     try:
         experiment_id = prepare_tracking(params)
         step = "recover"
@@ -136,6 +139,7 @@ def _continuous_training(
             step = "check-deployment"
             templates = check_deployment(params)
         step = "train"
+        start_probe(params)  # the memory gate's fresh process imports while the model trains
         trained = train_candidate(version, params, experiment_id, lineage, dry_run)
         step = "evaluate"
         champion = get_champion(params)
@@ -147,6 +151,7 @@ def _continuous_training(
             trained.run_id,
             force,
         )
+        plots = plot_gate_report.submit(report, trained.run_id)  # drawn while we ship
         if report.decision == "reject" or dry_run:
             kind: Kind = "rejected" if report.decision == "reject" else "dry-run"
             result = RunOutcome(
@@ -222,6 +227,8 @@ def _continuous_training(
         if outage is not None and outage is not exc:
             raise outage from exc
         raise
+    finally:
+        wait_for_plots(plots)  # the run ends with its report complete in MLflow
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
+from tasks.champion import champion_data_version
 from tasks.config import load_params
 from tasks.data import pull_data, read_version, resolve_data, split_holdout
 from tasks.drift import DriftReport, measure_drift, should_retrain
 from tasks.notify import RunOutcome, flow_run_link, notify
-from tasks.promote import champion_data_version
 from tasks.train import prepare_tracking
 
 

@@ -1,7 +1,7 @@
 """Flow `repair`: put right a promotion or rollback that a killed run left half-done.
 
 A promotion journals what to restore before it moves the alias or patches the cluster
-(tasks/promote.py). Every training and rollback run applies an open journal at its start; this
+(tasks/journal.py). Every training and rollback run applies an open journal at its start; this
 flow does it without waiting for one: `make serve` runs it before serving, and the deployment
 `repair/<model>-scheduled` every ``triggers.repair_seconds`` (default 60 s).
 
@@ -16,8 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError
 
 from tasks.config import load_params
+from tasks.journal import recover_interrupted
 from tasks.notify import RunOutcome, flow_run_link, notify
-from tasks.promote import recover_interrupted
 from tasks.train import hold_training_lock, prepare_tracking, training_slot_taken
 
 NOTHING = "nothing to repair"

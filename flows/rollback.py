@@ -7,13 +7,9 @@ from prefect import flow, get_run_logger
 from tasks.config import load_params
 from tasks.deploy import check_deployment, deploy_model
 from tasks.image import check_image
+from tasks.journal import recover_interrupted
 from tasks.notify import RunOutcome, flow_run_link, notify
-from tasks.promote import (
-    begin_rollback,
-    plan_rollback,
-    recover_interrupted,
-    switch_alias,
-)
+from tasks.promote import begin_rollback, plan_rollback, switch_alias
 from tasks.services import failure_text, install_redaction, prefect_deadline
 from tasks.train import hold_training_lock, prepare_tracking
 

@@ -5,7 +5,12 @@ validated with the Great Expectations suite on a worker, in parallel; the expect
 the whole batch (row count, uniqueness, a column's mean) are computed across the parts instead.
 Training uses ``lightgbm.DaskLGBMClassifier``/``DaskLGBMRegressor`` on the workers; the model
 that comes back (``to_local()``) is the plain LightGBM model inside the same pipeline as the
-local engine's, so MLflow, the gates and serving do not change.
+local engine's, so MLflow, the gates and serving do not change. The holdout is scored by both
+models on the workers, partition by partition; the gates get the scores (one per row) as with
+the local engine.
+
+A run opens one cluster (``dask_run``) for all its Dask steps: started by the first step that
+needs it, closed when the run ends; a run that skips starts none.
 
 Nothing here imitates Dask or LightGBM: a scheduler's address (``dask.scheduler``) or a
 ``distributed.LocalCluster`` on loopback, and the libraries' own estimators.
@@ -14,6 +19,7 @@ Nothing here imitates Dask or LightGBM: a scheduler's address (``dask.scheduler`
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,9 +31,12 @@ from tasks.data import DataError, DataVersion, check_columns, split_holdout
 from tasks.validate import Failure, ValidationResult
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     from distributed import Client
     from sklearn.pipeline import Pipeline
+
+    from tasks.metrics import TaskType
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +65,49 @@ class DaskTrained:
     train_rows: int
 
 
+class _RunCluster:
+    """The cluster of one run: opened by the first step that asks, closed when the run ends."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+        self.client: Client | None = None
+
+    def get(self, params: Params) -> Client:
+        if self.client is None:
+            self.client = self.stack.enter_context(_open_client(params))
+        return self.client
+
+
+_RUN: contextvars.ContextVar[_RunCluster | None] = contextvars.ContextVar(
+    "ctflows_dask_run", default=None
+)
+
+
+@contextlib.contextmanager
+def dask_run() -> Iterator[None]:
+    """Within this block every ``dask_client`` shares one cluster, started on first use."""
+    run = _RunCluster()
+    token = _RUN.set(run)
+    try:
+        yield
+    finally:
+        _RUN.reset(token)
+        run.stack.close()
+
+
 @contextlib.contextmanager
 def dask_client(params: Params) -> Iterator[Client]:
+    """The run's cluster inside ``dask_run``; else a cluster of its own for this block."""
+    run = _RUN.get()
+    if run is not None:
+        yield run.get(params)
+        return
+    with _open_client(params) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _open_client(params: Params) -> Iterator[Client]:
     """A client of ``dask.scheduler``, or of a local cluster of ``dask.workers`` processes."""
     from distributed import Client, LocalCluster
 
@@ -78,6 +128,7 @@ def dask_client(params: Params) -> Iterator[Client]:
         with client:
             yield client
         return
+    log.info("starting a local Dask cluster of %d workers", settings.workers)
     with (
         LocalCluster(
             n_workers=settings.workers,
@@ -143,29 +194,37 @@ def _validate_part(path: str, params: Params) -> ValidationResult:
 
 
 def _whole_batch_failures(client: Client, parts: list[Path], params: Params) -> list[Failure]:
-    """The suite's whole-batch expectations, computed across the parts with Dask."""
+    """The suite's whole-batch expectations, computed across the parts in one pass of Dask."""
     import dask.dataframe as dd
 
     from tasks.validate import load_suite
 
     suite = load_suite(params.validate_.suite)
-    ddf = dd.read_parquet([str(p) for p in parts])
-    failures = []
-    for expectation in suite.expectation_configurations:
-        kind, kwargs = expectation.type, expectation.kwargs
-        if kind not in WHOLE_BATCH:
-            continue
-        column = kwargs.get("column")
-        if kind == "expect_table_row_count_to_be_between":
-            value: Any = len(ddf)
-        elif kind == "expect_column_values_to_be_unique":
-            duplicated = int((ddf[column].value_counts() > 1).sum().compute())
-            if duplicated:
-                failures.append(Failure(kind, column, f"{duplicated} values repeat across parts"))
-            continue
+    wanted = [e for e in suite.expectation_configurations if e.type in WHOLE_BATCH]
+    if not wanted:
+        return []
+    columns = sorted({e.kwargs["column"] for e in wanted if e.kwargs.get("column")})
+    ddf = dd.read_parquet([str(p) for p in parts], columns=columns or None)
+    stats: list[Any] = []
+    for expectation in wanted:
+        column = expectation.kwargs.get("column")
+        if expectation.type == "expect_table_row_count_to_be_between":
+            stats.append(ddf.map_partitions(len).sum())
+        elif expectation.type == "expect_column_values_to_be_unique":
+            stats.append((ddf[column].value_counts() > 1).sum())
         else:
-            value = float(client.compute(ddf[column].mean()).result())
+            stats.append(ddf[column].mean())
+    values = client.gather(client.compute(stats))  # one graph: each part read once
+    failures = []
+    for expectation, value in zip(wanted, values, strict=True):
+        kind, kwargs = expectation.type, expectation.kwargs
+        column = kwargs.get("column")
+        if kind == "expect_column_values_to_be_unique":
+            if int(value):
+                failures.append(Failure(kind, column, f"{int(value)} values repeat across parts"))
+            continue
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        value = float(value)
         if (low is not None and value < low) or (high is not None and value > high):
             failures.append(
                 Failure(kind, column, f"{value:g} across all parts, expected [{low}, {high}]")
@@ -319,3 +378,61 @@ def train_on_dask(version: DataVersion, params: Params) -> DaskTrained:
     with dask_client(params) as client:
         log.info("training on %d parts with %s", len(parts), client)
         return train_parts(client, parts, params)
+
+
+def _holdout_part(df: pd.DataFrame, params: Params) -> pd.DataFrame:
+    return split_holdout(df, params.data)[1]
+
+
+def _score_part(df: pd.DataFrame, model: Any, task: TaskType, who: str) -> np.ndarray | None:
+    from tasks.gates.evidence import score
+
+    return None if df.empty else score(model, df, who, task)
+
+
+@dataclass
+class DaskHoldout:
+    """The holdout rows of a partitioned version, kept on the workers and scored there.
+
+    ``frame`` holds the same rows in the same order, gathered for what the gates read besides
+    the scores (labels, slice columns, a batch for the latency gate)."""
+
+    client: Client
+    partitions: list[Any]  # dask.delayed, one per persisted holdout partition
+    frame: pd.DataFrame
+    task: TaskType
+
+    def score(self, model: Any, who: str) -> np.ndarray:
+        """``model``'s scores on every holdout row, computed partition by partition on the
+        workers; a model that cannot score raises EvaluationError naming it, as locally."""
+        import dask
+        import numpy as np
+
+        from tasks.reports import EvaluationError
+
+        remote = self.client.scatter(model, broadcast=True, hash=False)
+        scoring = [dask.delayed(_score_part)(p, remote, self.task, who) for p in self.partitions]
+        try:
+            pieces = self.client.gather(self.client.compute(scoring))
+        except EvaluationError:
+            raise
+        except Exception as exc:
+            raise DaskEngineError(
+                f"scoring the {who} on the Dask cluster failed ({type(exc).__name__}: {exc})"
+            ) from exc
+        kept = [p for p in pieces if p is not None]
+        return np.concatenate(kept) if kept else np.empty(0)
+
+
+@contextlib.contextmanager
+def holdout_on_dask(version: DataVersion, params: Params) -> Iterator[DaskHoldout]:
+    """The version's holdout split, persisted on the cluster for scoring; see DaskHoldout."""
+    import dask.dataframe as dd
+
+    parts = version_parts(version)
+    with dask_client(params) as client:
+        ddf = dd.read_parquet([str(p) for p in parts])
+        holdout = client.persist(ddf.map_partitions(_holdout_part, params))
+        frame = client.compute(holdout).result().reset_index(drop=True)
+        log.info("holdout of %d rows in %d partitions on Dask", len(frame), holdout.npartitions)
+        yield DaskHoldout(client, list(holdout.to_delayed()), frame, params.train.task)

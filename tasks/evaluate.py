@@ -42,7 +42,9 @@ from tasks.reports import (
 from tasks.resampling import bootstrap_gain
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+    from prefect.futures import PrefectFuture
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ def compare(
     force: bool = False,
     task: TaskType = "binary",
     retrain: Callable[[], Any] | None = None,
+    scorer: Callable[[Any, str], np.ndarray] | None = None,
 ) -> GateReport:
     """Gate ``candidate`` against ``champion`` on exactly the same ``holdout`` rows.
 
@@ -88,10 +91,13 @@ def compare(
     ``champion_scoring`` gate; any other error (a model that cannot score, a gate that
     raises, a disturbed timer) raises: an error is never a decision. ``force`` skips the
     gates that allow it (no-regression and significance) and, with a declared schema change,
-    the comparison with the champion; every other gate still applies.
+    the comparison with the champion; every other gate still applies. ``scorer(model, who)``
+    scores the holdout's rows elsewhere (the Dask engine's workers) instead of here.
     """
     data = data or load_params().data
-    evidence = build_evidence(candidate, champion, holdout, policy, data, task, force, retrain)
+    evidence = build_evidence(
+        candidate, champion, holdout, policy, data, task, force, retrain, scorer
+    )
     gates = build_gates(policy)
     evidence.artifacts["plotting_gates"] = [g for g in gates if callable(getattr(g, "plot", None))]
     results = run_gates(gates, evidence) + list(extra_gates)
@@ -116,8 +122,8 @@ def reproducibility_gate(
     return reproducibility_result(model, retrained, holdout, tolerance)
 
 
-def log_report(report: GateReport, run_id: str, plots_dir: Path) -> None:
-    """Metrics, the report JSON/markdown and its plots on the candidate's MLflow run."""
+def log_report(report: GateReport, run_id: str) -> None:
+    """Metrics, the report JSON/markdown and the decision on the candidate's MLflow run."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -129,10 +135,38 @@ def log_report(report: GateReport, run_id: str, plots_dir: Path) -> None:
             client.log_metric(run_id, f"champion_holdout_{_metric_key(name)}", value)
     client.log_dict(run_id, report.to_dict(), "gates/report.json")
     client.log_text(run_id, report.to_markdown(), "gates/report.md")
-    write_plots(report, plots_dir)
-    write_gate_overview(report, plots_dir)
-    client.log_artifacts(run_id, str(plots_dir), "gates")
     client.set_tag(run_id, "ct.decision", report.decision)
+
+
+def log_report_plots(report: GateReport, run_id: str) -> int:
+    """The report's plots (PNG) under ``gates/`` on the candidate's MLflow run; how many."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        drawn = [*write_plots(report, folder), write_gate_overview(report, folder)]
+        MlflowClient().log_artifacts(run_id, str(folder), "gates")
+    return len(drawn)
+
+
+@task(name="plot-gate-report", cache_policy=NONE)
+def plot_gate_report(report: GateReport, run_id: str) -> int:
+    """Draw and log the report's plots. They decide nothing, so the flow runs this alongside
+    promotion and waits for it before it ends (``.submit()`` then ``.result()``)."""
+    drawn = log_report_plots(report, run_id)
+    get_run_logger().info("%d gate plots logged to MLflow run %s", drawn, run_id)
+    return drawn
+
+
+def wait_for_plots(plots: PrefectFuture[int] | None) -> None:
+    """Wait for ``plot_gate_report``; plots that failed cost a warning, not the run."""
+    if plots is None:
+        return
+    plots.wait()
+    if not plots.state.is_completed():
+        get_run_logger().warning("gate plots not logged: %s", plots.state.message)
 
 
 def _metric_key(name: str) -> str:
@@ -149,34 +183,49 @@ def evaluate_candidate(
     run_id: str,
     force: bool = False,
 ) -> GateReport:
-    """Gate the candidate on the batch's held-out rows; log the report to MLflow and Prefect."""
-    import tempfile
-
+    """Gate the candidate on the batch's held-out rows; log the report to MLflow and Prefect
+    (its plots: ``plot_gate_report``)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     logger = get_run_logger()
-    train_df, holdout = split_holdout(read_version(version), params.data)
+    if params.train.engine == "dask":  # the holdout stays on the workers; they score it
+        from tasks.dask_engine import holdout_on_dask, train_on_dask
 
-    def retrain() -> Any:
-        from tasks.train import train_model
+        with holdout_on_dask(version, params) as held:
+            report = compare(
+                candidate,
+                champion,
+                held.frame,
+                params.gates,
+                params.data,
+                (),
+                force,
+                params.train.task,
+                lambda: train_on_dask(version, params).pipeline,
+                held.score,
+            )
+    else:
+        train_df, holdout = split_holdout(read_version(version), params.data)
 
-        return train_model(train_df, params)
+        def retrain() -> Any:
+            from tasks.train import train_model
 
-    report = compare(
-        candidate,
-        champion,
-        holdout,
-        params.gates,
-        params.data,
-        (),
-        force,
-        params.train.task,
-        retrain,
-    )
+            return train_model(train_df, params)
+
+        report = compare(
+            candidate,
+            champion,
+            holdout,
+            params.gates,
+            params.data,
+            (),
+            force,
+            params.train.task,
+            retrain,
+        )
     for note in report.notes:
         (logger.warning if note.startswith("WARNING") else logger.info)("%s", note)
-    with tempfile.TemporaryDirectory() as plots:
-        log_report(report, run_id, Path(plots))
+    log_report(report, run_id)
     create_table_artifact(report.table_rows(), key="gate-report", description=report.decision)
     create_markdown_artifact(report.to_markdown(), key="gate-summary")
     logger.info(

@@ -66,7 +66,7 @@ def champion_reference(params: Params) -> ChampionReference | None:
     """The champion, its training rows (sampled), its holdout scores and holdout metric."""
     from mlflow.tracking import MlflowClient
 
-    from tasks.promote import champion_data_version, load_champion
+    from tasks.champion import champion_data_version, load_champion
 
     name, alias = params.registry.model_name, params.registry.alias
     champion = load_champion(name, alias)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import ImageParams
-from tasks.image import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Layout, _dump, model_layer
+from tasks.oci_layout import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Layout, _dump, model_layer
 from tasks.registry import Reference, Registry
 from tests.helpers import ROOT
 

@@ -152,19 +152,34 @@ def build_evidence(
     task: TaskType,
     force: bool = False,
     retrain: Callable[[], Any] | None = None,
+    scorer: Callable[[Any, str], np.ndarray] | None = None,
 ) -> Evidence:
     """Score both models on the same rows. A champion that lacks columns it was trained on
     is a schema change (judged by the ``champion_scoring`` gate); any other failure to
-    score it is an EvaluationError: not a decision, the run fails and can be rerun."""
+    score it is an EvaluationError: not a decision, the run fails and can be rerun.
+
+    ``scorer(model, who)`` scores ``holdout``'s rows elsewhere (the Dask engine's workers);
+    by default the models score them here."""
     check_holdout(holdout, data)
+
+    def scored(model: Any, who: str) -> np.ndarray:
+        if scorer is None:
+            return score(model, holdout, who, task)
+        scores = scorer(model, who)
+        if len(scores) != len(holdout):
+            raise EvaluationError(
+                f"the {who} returned {len(scores)} scores for {len(holdout)} holdout rows"
+            )
+        return scores
+
     y = encode_labels(holdout[data.label].to_numpy(), candidate, task)
-    cand_s = score(candidate, holdout, "candidate", task)
+    cand_s = scored(candidate, "candidate")
     cand = compute_metrics(y, cand_s, policy.threshold, task)
     champ_s, champ, problem = None, None, None
     if champion is not None:
         dropped = schema_change(champion, holdout)
         try:
-            champ_s = score(champion, holdout, "champion", task)
+            champ_s = scored(champion, "champion")
             champ = compute_metrics(y, champ_s, policy.threshold, task)
         except EvaluationError as exc:
             if not dropped:

@@ -1,6 +1,11 @@
 """Peak memory of one prediction call, measured in a fresh process.
 
     python -m tasks.gates.memory_probe MODEL.pkl BATCH.pkl TASK   -> JSON on stdout
+    python -m tasks.gates.memory_probe --serve [MODULE ...]       (started ahead, see below)
+
+With ``--serve`` the process imports the model's libraries, prints ``ready``, then reads one
+line ``MODEL.pkl BATCH.pkl TASK`` from stdin and measures it: a flow starts it while it
+trains, so the imports are paid alongside training rather than while the gates wait.
 
 Native allocations (LightGBM, XGBoost, OpenMP buffers) never reach Python's tracemalloc, so
 the probe samples the process's resident set (psutil, every 0.5 ms) during the call, after
@@ -9,6 +14,7 @@ the peak of Python-level allocations (tracemalloc)."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import sys
@@ -50,10 +56,19 @@ def probe(model: Any, batch: Any, task: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import importlib
+
     import cloudpickle
     import pandas as pd
 
-    model_path, batch_path, task = (argv or sys.argv[1:])[:3]
+    args = argv or sys.argv[1:]
+    if args and args[0] == "--serve":
+        for module in ["tasks.gates.evidence", "psutil", *args[1:]]:
+            with contextlib.suppress(ImportError):  # loading the model names what is missing
+                importlib.import_module(module)
+        print("ready", flush=True)
+        args = sys.stdin.readline().split()
+    model_path, batch_path, task = args[:3]
     with open(model_path, "rb") as f:
         model = cloudpickle.load(f)
     batch = pd.read_pickle(batch_path)

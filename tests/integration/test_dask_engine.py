@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -45,9 +46,13 @@ def champion_version(ws) -> str | None:
         return None
 
 
-def test_a_partitioned_version_validates_trains_on_dask_and_is_promoted(dask_ws):
+def test_a_partitioned_version_validates_trains_on_dask_and_is_promoted(dask_ws, caplog):
     ws = dask_ws
-    outcome = ws.run(land_parts(ws))
+    with caplog.at_level(logging.INFO, logger="tasks.dask_engine"):
+        outcome = ws.run(land_parts(ws))
+    started = [r for r in caplog.records if "starting a local Dask cluster" in r.getMessage()]
+    assert len(started) == 1  # validation, training and scoring share the run's cluster
+    assert any("holdout of" in r.getMessage() for r in caplog.records)  # scored on workers
     assert outcome.kind == "promoted", outcome.line()
     assert outcome.data_md5.endswith(".dir")
     assert champion_version(ws) == outcome.version == "1"

@@ -165,7 +165,7 @@ def test_registry_down_fails_before_alias_or_cluster_change(workspace, kube):
     raw = __import__("yaml").safe_load(workspace.params_file.read_text())
     raw["image"].update(repository=f"127.0.0.1:{free_port()}/churn-model", retries=0)
     workspace.params_file.write_text(__import__("yaml").safe_dump(raw, sort_keys=False))
-    from tasks.image import ImageError
+    from tasks.oci_layout import ImageError
 
     with pytest.raises(ImageError, match=r"registry http://127\.0\.0\.1:\d+: does not answer"):
         workspace.run(workspace.land_day(2, 24_000))
@@ -290,7 +290,7 @@ def test_kill_9_mid_promotion_is_repaired_by_the_next_run(workspace, kube, prefe
     assert (champion_version(ws), running) != ("1", "1")  # the crash left them changed
 
     from tasks.config import load_params
-    from tasks.promote import recover
+    from tasks.journal import recover
     from tasks.train import setup_tracking
 
     params = load_params(ws.params_file)

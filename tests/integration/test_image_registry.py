@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from tasks.config import ImageParams
-from tasks.image import ImageError, ImageSpec, Layout, build_image
+from tasks.image_build import ImageSpec, build_image
+from tasks.oci_layout import ImageError, Layout
 from tasks.registry import Reference, Registry, RegistryError
 from tasks.train import tracking_uri
 from tests.helpers import store

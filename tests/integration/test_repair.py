@@ -64,7 +64,7 @@ def running_version(kube) -> str | None:
 
 
 def journal_open(ws) -> bool:
-    from tasks.promote import read_journal
+    from tasks.journal import read_journal
     from tasks.train import setup_tracking
 
     setup_tracking(ws.params)
@@ -75,7 +75,7 @@ def test_a_served_process_repairs_a_half_done_promotion_before_it_serves(
     workspace, kube, prefect_api, tmp_path
 ):
     from tasks.deploy import Cluster, read_templates
-    from tasks.promote import write_journal
+    from tasks.journal import write_journal
 
     ws = workspace
     first = ws.run(ws.land_day(1, 3_000))

@@ -16,6 +16,8 @@ from tasks.dask_engine import (
     DaskEngineError,
     check_parts,
     dask_client,
+    dask_run,
+    holdout_on_dask,
     train_on_dask,
     train_parts,
     validate_parts,
@@ -23,6 +25,8 @@ from tasks.dask_engine import (
 from tasks.data import DataError, corrupt_batch, make_batch, split_holdout
 from tasks.data_versions import DataVersion
 from tasks.estimators import train_model
+from tasks.evaluate import compare
+from tasks.reports import EvaluationError
 from tests.helpers import ROOT, small_params
 
 # Holdout ROC AUC of the Dask engine vs the local engine on the same data (stated in the README).
@@ -36,11 +40,12 @@ def params(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(params) -> Iterator:
-    """One LocalCluster of two worker processes for the module; workers import the project."""
+    """One LocalCluster of two worker processes for the module, shared as a run shares it
+    (``dask_run``); workers import the project."""
     previous = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), previous) if p)
     try:
-        with dask_client(params) as c:
+        with dask_run(), dask_client(params) as c:
             yield c
     finally:
         if previous is None:
@@ -155,3 +160,52 @@ def test_dask_and_local_engines_agree_on_the_holdout(tmp_path, client, params):
     local_auc = roc_auc_score(y, local.predict_proba(X)[:, 1])
     assert dask_auc > 0.7 and local_auc > 0.7
     assert abs(dask_auc - local_auc) < ENGINE_TOLERANCE, (dask_auc, local_auc)
+
+
+class Broken:
+    """A champion that cannot score these rows."""
+
+    def predict_proba(self, X):
+        raise ValueError("feature_names mismatch")
+
+
+def test_the_workers_score_the_holdout_as_the_flow_process_would(tmp_path, client, params):
+    frames = [make_batch(day, 2_000) for day in (1, 2, 3)]
+    parts = write_parts(tmp_path / "parts", frames)
+    model = train_parts(client, parts, params).pipeline
+    _, expected = split_holdout(pd.concat(frames, ignore_index=True), params.data)
+    with holdout_on_dask(version_of(tmp_path / "parts"), params) as held:
+        assert held.client is client  # the run's cluster, not one of its own
+        assert len(held.frame) == len(expected)
+        assert set(held.frame["customer_id"]) == set(expected["customer_id"])
+        scores = held.score(model, "candidate")
+        local = model.predict_proba(held.frame[params.data.features])[:, 1]
+        assert scores == pytest.approx(local, abs=1e-9)  # row for row, in the frame's order
+        with pytest.raises(EvaluationError, match="the champion cannot score"):
+            held.score(Broken(), "champion")
+
+
+def test_gates_decide_the_same_on_worker_scores(tmp_path, client, params):
+    frames = [make_batch(day, 2_000) for day in (1, 2, 3)]
+    parts = write_parts(tmp_path / "parts", frames)
+    model = train_parts(client, parts, params).pipeline
+    weak_params = small_params(
+        tmp_path / "weak",
+        data={"categorical_features": ["payment_method", "region"]},
+        dask={"workers": 2},
+    )
+    weak = train_parts(client, parts, weak_params).pipeline
+    untimed = small_params(tmp_path / "g", gates={"latency": {"enabled": False}})
+    decisions = []
+    with holdout_on_dask(version_of(tmp_path / "parts"), params) as held:
+        for candidate, champion in ((model, weak), (weak, model)):
+            args = (candidate, champion, held.frame, untimed.gates, params.data)
+            on_workers = compare(*args, scorer=held.score)
+            here = compare(*args)
+            assert [(g.name, g.status) for g in on_workers.gates] == [
+                (g.name, g.status) for g in here.gates
+            ]
+            assert on_workers.candidate_metrics == pytest.approx(here.candidate_metrics)
+            assert on_workers.decision == here.decision
+            decisions.append(on_workers.gate("no_regression").status)
+    assert decisions == ["passed", "failed"]  # the scenarios differ: the check can fail

@@ -221,6 +221,37 @@ def test_predict_memory_sees_memory_in_a_fresh_process(rows, tmp_path):
     assert gate.candidate >= 55_000_000
 
 
+def _probes() -> list:
+    import psutil
+
+    return [
+        c
+        for c in psutil.Process().children(recursive=True)
+        if c.is_running()
+        and c.status() != psutil.STATUS_ZOMBIE
+        and "tasks.gates.memory_probe" in " ".join(c.cmdline())
+    ]
+
+
+def test_a_probe_started_ahead_measures_and_an_unused_one_is_stopped(rows, tmp_path):
+    from tasks.gates.predict_memory import probe_scope, start_probe
+
+    holdout, _, good, _ = rows
+    params = small_params(tmp_path, gates={"latency": {"enabled": False}})
+    with probe_scope():
+        start_probe(params)
+        ahead = _probes()
+        assert len(ahead) == 1 and "--serve" in ahead[0].cmdline()
+        gate = compare(Hungry(good), None, holdout, params.gates, params.data).gate(
+            "predict_memory"
+        )
+        assert "fresh process" in gate.reason and gate.candidate >= 55_000_000
+        assert _probes() == []  # the one started ahead did the measuring, and is gone
+        start_probe(params)  # the run ends before the gate: never used
+        assert len(_probes()) == 1
+    assert _probes() == []
+
+
 def test_fairness_does_not_gate_slices_below_min_slice_rows(rows, tmp_path):
     holdout, _, good, _ = rows
     odd = holdout.copy()

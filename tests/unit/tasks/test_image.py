@@ -11,15 +11,9 @@ import tarfile
 import pytest
 
 from tasks.config import ConfigError, ImageParams
-from tasks.image import (
-    ImageError,
-    ImageSpec,
-    Layout,
-    build_image,
-    check_image_params,
-    model_layer,
-    pick_platform,
-)
+from tasks.image import check_image_params
+from tasks.image_build import ImageSpec, build_image
+from tasks.oci_layout import ImageError, Layout
 from tests.helpers import small_params
 
 SPEC = ImageSpec(
@@ -141,35 +135,6 @@ def test_bad_image_params_name_the_key(tmp_path, values, key):
 def test_old_image_template_says_what_replaced_it(tmp_path):
     with pytest.raises(ConfigError, match=r"image\.repository"):
         small_params(tmp_path, deploy={"image_template": "reg/m:{version}"})
-
-
-INDEX = {
-    "manifests": [
-        {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}},
-        {
-            "digest": "sha256:arm",
-            "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
-        },
-        {"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"}},
-    ]
-}
-
-
-def test_multi_arch_base_picks_the_platform_or_names_those_available():
-    assert pick_platform(INDEX, "linux/amd64", "b") == "sha256:amd"
-    assert pick_platform(INDEX, "linux/arm64", "b") == "sha256:arm"
-    assert pick_platform(INDEX, "linux/arm64/v8", "b") == "sha256:arm"
-    with pytest.raises(
-        ImageError, match=r"without linux/s390x \(it has linux/amd64, linux/arm64/v8\)"
-    ):
-        pick_platform(INDEX, "linux/s390x", "b")
-
-
-def test_layer_refuses_symlinks(tmp_path):
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "link").symlink_to("/etc/passwd")
-    with pytest.raises(ImageError, match="only plain files"):
-        model_layer(tmp_path / "m", "/models", 0)
 
 
 def test_layout_index_is_valid_json_per_oci(model_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""The recovery journal and remembered decisions, on a real MLflow SQLite store in tmp."""
+"""The recovery journal, on a real MLflow SQLite store in tmp."""
 
 import socket
 
@@ -7,16 +7,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tasks.deploy import PodTemplate
-from tasks.promote import (
+from tasks.journal import (
     JOURNAL_TAG,
     JournalError,
     RecoveryIncomplete,
     read_journal,
     recover,
-    still_decided,
     write_journal,
 )
-from tasks.train import PreviousRun
 from tests.helpers import small_params
 
 NAME = "churn-classifier"
@@ -115,22 +113,3 @@ def test_recovery_without_cluster_state_moves_the_alias_back_and_closes(store, t
     assert "restored to v1" in recover(params)
     assert read_journal(NAME) is None
     assert str(store.get_model_version_by_alias(NAME, "champion").version) == "1"
-
-
-@pytest.mark.parametrize(
-    ("decision", "compared_with", "champion_now", "holds"),
-    [
-        ("reject", "2", "2", True),
-        ("reject", "2", "1", False),  # rolled back since: decide again
-        ("reject", "2", "3", False),  # another promotion since: decide again
-        ("reject", "none", None, True),
-        ("reject", None, "2", False),  # recorded before the champion was: decide again
-        ("promote", "1", "5", True),
-        ("rolled-back", "1", "1", True),  # the rollback is the decision until forced
-    ],
-)
-def test_a_decision_holds_for_the_champion_it_was_made_against(
-    decision, compared_with, champion_now, holds
-):
-    previous = PreviousRun("run", decision, None, compared_with)
-    assert still_decided(previous, champion_now) is holds

@@ -1,0 +1,155 @@
+"""The crash journal of a promotion or rollback, and the recovery that applies it.
+
+Before the alias or the cluster changes, what runs now is written as a tag on the registered
+model (``ct.pending``: the new version, the previous one, the pod templates), so the next run,
+anywhere, can put both back if this process dies half-way. Recovery restores the cluster, then
+the alias, and only then clears the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from tasks.champion import move_alias
+from tasks.config import Params
+from tasks.deploy import PodTemplate
+from tasks.train import TrackingError
+
+log = logging.getLogger(__name__)
+
+JOURNAL_TAG = "ct.pending"
+
+
+class JournalError(TrackingError):
+    """The recovery journal cannot be read, is open when it must not be, or cannot be applied
+    completely; the journal is kept, so the repair can be done later."""
+
+
+class RecoveryIncomplete(JournalError):
+    """Recovery could not put the cluster back as journaled: nothing was cleared."""
+
+    def __init__(self, model_name: str, entry: dict[str, Any], reason: str) -> None:
+        self.model_name, self.entry, self.reason = model_name, entry, reason
+        super().__init__(
+            f"cannot recover {model_name} from the interrupted change to v{entry.get('version')}: "
+            f"{reason}. The journal (tag {JOURNAL_TAG} on the registered model) is kept and "
+            "the alias was not moved; run recovery where the cluster in params is reachable "
+            "(deploy.target, deploy.kubeconfig, deploy.context)"
+        )
+
+
+def write_journal(
+    model_name: str, version: str, previous: str | None, templates: dict[str, PodTemplate]
+) -> None:
+    """Before the alias or the cluster changes: what to put back if this process dies.
+
+    Kept as a tag on the registered model, so the next run (anywhere) finds it. An open
+    journal is never overwritten: it is the only record of what an earlier run left to repair.
+    """
+    from mlflow.tracking import MlflowClient
+
+    open_entry = read_journal(model_name)
+    if open_entry is not None:
+        raise JournalError(
+            f"{model_name} has an open journal (an unfinished change to "
+            f"v{open_entry.get('version')}); it must be recovered before v{version} is "
+            "promoted or rolled back, and was left as it is"
+        )
+    entry = {
+        "version": version,
+        "previous_version": previous,
+        "templates": {
+            n: {"image": t.image, "annotations": t.annotations} for n, t in templates.items()
+        },
+    }
+    MlflowClient().set_registered_model_tag(model_name, JOURNAL_TAG, json.dumps(entry))
+
+
+def read_journal(model_name: str) -> dict[str, Any] | None:
+    """The open journal, or None when there is none (no such model, or no tag).
+
+    JournalError when it could not be read (the registry failed) or is unreadable: "no
+    journal" and "could not read it" are different answers.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tags = MlflowClient().get_registered_model(model_name).tags
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise JournalError(f"could not read the journal of {model_name}: {exc}") from exc
+    raw = tags.get(JOURNAL_TAG)
+    if not raw:
+        return None
+    try:
+        entry = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise JournalError(f"the journal of {model_name} is not JSON: {raw[:200]!r}") from exc
+    if not isinstance(entry, dict) or "version" not in entry:
+        raise JournalError(f"the journal of {model_name} is malformed: {raw[:200]!r}")
+    return entry
+
+
+def clear_journal(model_name: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().delete_registered_model_tag(model_name, JOURNAL_TAG)
+
+
+def recover(params: Params) -> str | None:
+    """Bring alias and cluster back into agreement after a run died mid-promotion.
+
+    Reads the journal a promotion (or rollback) writes before changing anything; if one is
+    open, the cluster gets the recorded pod templates back, then the alias the recorded
+    version, and only then is the journal cleared. When the cluster cannot be put back (this
+    worker deploys in dry-run mode, the API fails), RecoveryIncomplete: alias and journal stay.
+    """
+    from tasks.deploy import DeployError, PodTemplate, open_cluster, resolve_mode
+
+    name, alias = params.registry.model_name, params.registry.alias
+    entry = read_journal(name)
+    if entry is None:
+        return None
+    templates = entry.get("templates") or {}
+    restored = []
+    if templates:
+        if resolve_mode(params.deploy) != "cluster":
+            raise RecoveryIncomplete(
+                name,
+                entry,
+                f"the journal records the cluster's state ({', '.join(templates)}) but this "
+                "process deploys in dry-run mode and cannot restore it",
+            )
+        try:
+            cluster = open_cluster(params)
+            for deployment, t in templates.items():
+                previous = PodTemplate(t["image"], t["annotations"])
+                if cluster.current(deployment) != previous:
+                    cluster.restore(deployment, previous, params.deploy.rollout_timeout_seconds)
+                    restored.append(f"{deployment} -> {previous.image}")
+                if cluster.current(deployment) != previous:
+                    raise DeployError(f"{deployment} still differs from the journaled template")
+        except DeployError as exc:
+            raise RecoveryIncomplete(name, entry, f"the cluster was not restored: {exc}") from exc
+    move_alias(name, alias, entry["previous_version"])
+    clear_journal(name)
+    what = ", ".join(restored) or "cluster unchanged"
+    return (
+        f"an earlier run died while moving {name} to v{entry['version']}: "
+        f"@{alias} restored to v{entry['previous_version'] or '(none)'}, {what}"
+    )
+
+
+@task(name="recover-interrupted", retries=1, retry_delay_seconds=2, cache_policy=NONE)
+def recover_interrupted(params: Params) -> str | None:
+    note = recover(params)
+    if note:
+        get_run_logger().warning(note)
+    return note
