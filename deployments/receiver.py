@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -76,6 +78,45 @@ class Started:
 
 # Prefect calls at once: a SQLite-backed server slows down under concurrent writes.
 PREFECT_CALLS = 4
+# A Prefect server on SQLite answers 503 when a write meets a locked database; Prefect's client
+# waits 2 s, 4 s, ... before retrying, which alone puts seconds on the answer. The receiver's
+# client retries those first, after these short pauses (seconds), then leaves it to Prefect's.
+BUSY_RETRY_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
+
+
+class BusyRetryTransport(httpx.AsyncBaseTransport):
+    """An HTTP transport that re-sends a request the Prefect server answered 503 (busy) after a
+    short pause. Every call the receiver makes is safe to repeat: reads, and flow-run creations
+    that carry an idempotency key."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, pauses: tuple[float, ...]) -> None:
+        self.inner = inner
+        self.pauses = pauses
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for pause in self.pauses:
+            response = await self.inner.handle_async_request(request)
+            if response.status_code != 503:
+                return response
+            await response.aclose()
+            log.debug(
+                "Prefect answered 503 to %s %s; again in %.2f s", request.method, request.url, pause
+            )
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def prefect_transport() -> httpx.AsyncBaseTransport:
+    """The receiver's connection pool to the Prefect API: kept-alive, retrying busy answers."""
+    limits = httpx.Limits(
+        max_connections=2 * PREFECT_CALLS, max_keepalive_connections=PREFECT_CALLS
+    )
+    return BusyRetryTransport(httpx.AsyncHTTPTransport(limits=limits), BUSY_RETRY_PAUSES)
+
+
 # A run seen pending or running this recently answers duplicates without asking Prefect again.
 FRESH_SECONDS = 2.0
 
@@ -239,7 +280,7 @@ def create_app(params: Params, routes: list[Route], secret: str) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from prefect.client.orchestration import get_client
 
-        async with get_client() as client:
+        async with get_client(httpx_settings={"transport": prefect_transport()}) as client:
             app.state.starters = {
                 r.model: RunStarter(client, r.deployment, r.params_file) for r in routes
             }

@@ -348,21 +348,29 @@ class Cluster:
 
 
 def apps_api(deploy: DeployParams) -> Any:
-    """AppsV1Api from the configured kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster."""
+    """AppsV1Api from the configured kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster.
+
+    urllib3 underneath retries a timed-out request three more times on its own, which would
+    make each request's deadline (``timeouts.kubernetes``) four deadlines, unseen: its retries
+    are turned off, and Cluster retries what is transient (``deploy.api_retries``), saying so.
+    """
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
+    configuration = client.Configuration()
     try:
         if deploy.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()
-            return client.AppsV1Api()
-        api_client = config.new_client_from_config(
-            config_file=str(deploy.kubeconfig) if deploy.kubeconfig else None,
-            context=deploy.context,
-        )
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(
+                config_file=str(deploy.kubeconfig) if deploy.kubeconfig else None,
+                context=deploy.context,
+                client_configuration=configuration,
+            )
     except (ConfigException, OSError) as exc:
         raise DeployError(f"no usable Kubernetes configuration: {exc}") from exc
-    return client.AppsV1Api(api_client)
+    configuration.retries = False  # one request is one attempt, bounded by its deadline
+    return client.AppsV1Api(client.ApiClient(configuration))
 
 
 def open_cluster(params: Params) -> Cluster:

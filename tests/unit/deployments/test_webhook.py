@@ -4,6 +4,7 @@ import hashlib
 import hmac
 from types import SimpleNamespace
 
+import httpx
 import pytest
 
 from deployments.webhook import (
@@ -239,3 +240,44 @@ def test_replay_journal_file_stays_bounded_under_steady_traffic(tmp_path):
         journal.record(Signed(f"sig{second}", second), f"run{second}", second)
     assert len(journal) <= 11
     assert len(path.read_text().splitlines()) <= 2 * 11 + 101
+
+
+def _prefect_answering(statuses: list[int]) -> tuple[httpx.MockTransport, list[bytes]]:
+    """An httpx transport that answers with ``statuses`` in turn; the bodies it was sent."""
+
+    seen: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.read())
+        return httpx.Response(statuses[min(len(seen), len(statuses)) - 1], json={"n": len(seen)})
+
+    return httpx.MockTransport(answer), seen
+
+
+def test_a_busy_prefect_answer_is_sent_again_at_once_with_the_same_body():
+    from deployments.receiver import BusyRetryTransport
+
+    inner, seen = _prefect_answering([503, 503, 201])
+
+    async def create() -> httpx.Response:
+        transport = BusyRetryTransport(inner, pauses=(0.0, 0.0, 0.0))
+        async with httpx.AsyncClient(transport=transport, base_url="http://prefect") as client:
+            return await client.post("/deployments/d/create_flow_run", json={"key": "k#0"})
+
+    response = asyncio.run(create())
+    assert response.status_code == 201 and response.json() == {"n": 3}
+    assert seen == [b'{"key":"k#0"}'] * 3
+
+
+def test_a_prefect_that_stays_busy_gets_its_503_back_after_the_short_retries():
+    from deployments.receiver import BusyRetryTransport
+
+    inner, seen = _prefect_answering([503])
+
+    async def create() -> httpx.Response:
+        transport = BusyRetryTransport(inner, pauses=(0.0, 0.0))
+        async with httpx.AsyncClient(transport=transport, base_url="http://prefect") as client:
+            return await client.post("/deployments/d/create_flow_run", json={})
+
+    assert asyncio.run(create()).status_code == 503
+    assert len(seen) == 3  # two short retries, then the answer goes to Prefect's own retries
