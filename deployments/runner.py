@@ -75,6 +75,7 @@ PRELOAD: tuple[str, ...] = (
     "pyarrow.dataset",
     "psutil",
     "oras.provider",
+    "deployments.forkserver_warm",  # last: computes, once, what every run would compute
 )
 
 

@@ -132,6 +132,7 @@ def _continuous_training(
             lambda: pull_data(pulled, params), params.timeouts.dvc, "DVC remote", pulled.repo
         )
         step = "validate"
+        start_probe(params)  # the memory gate's fresh process imports on the core left idle
         for member in version.members():  # each version of the window against the contract
             validate_data(member, params)
         templates = {}
@@ -139,7 +140,6 @@ def _continuous_training(
             step = "check-deployment"
             templates = check_deployment(params)
         step = "train"
-        start_probe(params)  # the memory gate's fresh process imports while the model trains
         trained = train_candidate(version, params, experiment_id, lineage, dry_run)
         step = "evaluate"
         champion = get_champion(params)

@@ -7,7 +7,9 @@ flow does it without waiting for one: `make serve` runs it before serving, and t
 
 It holds the model's training slot while it works, so it never touches the journal of a live
 promotion: if a run holds the slot, that run repaired at its own start and the flow stops.
-The slot of a killed run frees itself within a minute (tasks/train.py LEASE_SECONDS).
+One exception: when the flow run that wrote the open journal has ended (a served run killed
+mid-deploy is marked Crashed by its runner), the journal is applied at once, without waiting
+for the dead run's slot to free itself (its lease, tasks/train.py LEASE_SECONDS).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError
 
 from tasks.config import load_params
-from tasks.journal import recover_interrupted
+from tasks.journal import journal_writer_ended, recover_interrupted
 from tasks.notify import RunOutcome, flow_run_link, notify
 from tasks.train import hold_training_lock, prepare_tracking, training_slot_taken
 
@@ -37,16 +39,26 @@ def repair(params_file: str = "params.yaml", wait_seconds: float | None = None) 
     logger = get_run_logger()
     params = load_params(params_file)
     if wait_seconds is None and training_slot_taken(params):
-        logger.info(BUSY)  # looked first: a timed-out wait for the slot logs an ERROR
-        return BUSY
-    wait = wait_seconds if wait_seconds is not None else max(1, params.triggers.repair_seconds - 10)
-    try:
-        with hold_training_lock(params, wait_seconds=wait):
-            prepare_tracking(params)
-            note = recover_interrupted(params)
-    except AcquireConcurrencySlotTimeoutError:
-        logger.info(BUSY)
-        return BUSY
+        prepare_tracking(params)
+        ended = journal_writer_ended(params)
+        if ended is None:
+            logger.info(BUSY)  # looked first: a timed-out wait for the slot logs an ERROR
+            return BUSY
+        logger.warning("the run that left the journal ended %s: repairing now", ended)
+        note = recover_interrupted(params)
+    else:
+        wait = (
+            wait_seconds
+            if wait_seconds is not None
+            else max(1, params.triggers.repair_seconds - 10)
+        )
+        try:
+            with hold_training_lock(params, wait_seconds=wait):
+                prepare_tracking(params)
+                note = recover_interrupted(params)
+        except AcquireConcurrencySlotTimeoutError:
+            logger.info(BUSY)
+            return BUSY
     if not note:
         logger.info("%s: %s", params.registry.model_name, NOTHING)
         return NOTHING

@@ -302,13 +302,15 @@ class Cluster:
         """Wait until the rollout is complete; RolloutFailed on deadline or timeout."""
         deadline = time.monotonic() + timeout
         message = "not observed yet"
+        pause = min(0.1, self.deploy.poll_seconds)  # a fast rollout is seen at once
         while time.monotonic() < deadline:
             done, failure, message = rollout_status(self.read(name))
             if failure:
                 raise RolloutFailed(name, failure)
             if done:
                 return message
-            self.sleep(self.deploy.poll_seconds)
+            self.sleep(pause)
+            pause = min(pause * 2, self.deploy.poll_seconds)
         raise RolloutFailed(name, f"not available after {timeout:.0f}s ({message})")
 
     def roll_out(self, name: str, target: PodTemplate, timeout: float) -> PodTemplate:

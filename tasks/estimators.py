@@ -9,9 +9,11 @@ SVMs, neighbours and neural networks get one-hot categories and scaled numbers. 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from typing import TYPE_CHECKING, Any
 
@@ -174,12 +176,20 @@ def train_model(df: pd.DataFrame, params: Params) -> Pipeline:
     return pipeline
 
 
+@functools.cache
+def distributions_of_packages() -> Mapping[str, list[str]]:
+    """Which installed distributions provide each top-level package: a scan of every
+    distribution's files (about 1 s), done once per process (the fork server's, for served
+    runs: ``deployments.forkserver_warm``)."""
+    return packages_distributions()
+
+
 def pip_requirements(params: Params) -> list[str]:
     """Pinned requirements of the logged model: the common runtime plus the distribution that
     provides the estimator's package (``xgboost`` comes from ``xgboost-cpu`` here)."""
     top = params.train.estimator.split(".")[0]
     names = list(BASE_REQUIREMENTS)
-    for dist in packages_distributions().get(top, [top]):
+    for dist in distributions_of_packages().get(top, [top]):
         if dist not in names:
             names.append(dist)
     pins = []

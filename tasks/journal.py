@@ -66,8 +66,44 @@ def write_journal(
         "templates": {
             n: {"image": t.image, "annotations": t.annotations} for n, t in templates.items()
         },
+        **_writer(),
     }
     MlflowClient().set_registered_model_tag(model_name, JOURNAL_TAG, json.dumps(entry))
+
+
+def _writer() -> dict[str, Any]:
+    """Who writes the journal: the flow run (when in one), the host and the process."""
+    import os
+    import socket
+
+    from prefect.runtime import flow_run
+
+    return {"flow_run": flow_run.id, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+ENDED = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+
+
+def writer_ended(entry: dict[str, Any]) -> str | None:
+    """The final state of the flow run that wrote ``entry`` (``CRASHED``, ...), or None while
+    it may still be working (running, unknown, or written outside a flow run).
+
+    Prefect's runner marks a served run whose process died (kill -9, out of memory) Crashed
+    when it sees the process exit: its journal can be applied at once, without waiting for
+    its training slot's lease to run out."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    run_id = entry.get("flow_run")
+    if not run_id:
+        return None
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(run_id).state
+        except ObjectNotFound:
+            return None
+    kind = state.type.value if state is not None else None
+    return kind if kind in ENDED else None
 
 
 def read_journal(model_name: str) -> dict[str, Any] | None:
@@ -153,3 +189,10 @@ def recover_interrupted(params: Params) -> str | None:
     if note:
         get_run_logger().warning(note)
     return note
+
+
+@task(name="journal-writer-ended", cache_policy=NONE)
+def journal_writer_ended(params: Params) -> str | None:
+    """The final state of the run that wrote the model's open journal, if it has ended."""
+    entry = read_journal(params.registry.model_name)
+    return None if entry is None else writer_ended(entry)
