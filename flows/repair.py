@@ -3,7 +3,7 @@
 A promotion journals what to restore before it moves the alias or patches the cluster
 (tasks/journal.py). Every training and rollback run applies an open journal at its start; this
 flow does it without waiting for one: `make serve` runs it before serving, and the deployment
-`repair/<model>-scheduled` every ``triggers.repair_seconds`` (default 60 s).
+`repair/<model>-scheduled` every ``triggers.repair_seconds`` (default 30 s).
 
 It holds the model's training slot while it works, so it never touches the journal of a live
 promotion: if a run holds the slot, that run repaired at its own start and the flow stops.

@@ -61,7 +61,7 @@ class TriggerParams(_Section):
     event: str = "ctflows.data.landed"
     webhook: WebhookParams = WebhookParams()
     poll_seconds: int = Field(1, ge=1)  # how often `make serve` looks for scheduled runs
-    repair_seconds: int = Field(60, ge=5)  # how often flow `repair` looks for a killed deploy
+    repair_seconds: int = Field(30, ge=5)  # how often flow `repair` looks for a killed deploy
 
     _event = field_validator("event")(classmethod(lambda cls, v: _event_name(v)))
 

@@ -49,6 +49,19 @@ def serving(ws, prefect_api: str, log: Path) -> Iterator[subprocess.Popen]:
         proc.wait(timeout=30)
 
 
+def deployed(name: str) -> bool:
+    """Whether the served process has registered deployment ``name`` (it says "serving" first)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True
+
+
 def wait_until(predicate, timeout: float, what: str) -> float:
     started = time.monotonic()
     while not predicate():
@@ -118,6 +131,7 @@ def test_the_scheduled_repair_puts_right_a_served_run_killed_mid_deploy_within_a
         assert "repair at start: nothing to repair" in log.read_text()
         seen = len(requests_seen(kube))
         inject(kube, method="GET", path="/deployments/churn-model", delay=60, count=1, skip=2)
+        wait_until(lambda: deployed("continuous-training/churn-classifier-manual"), 60, "it")
         run = run_deployment(
             "continuous-training/churn-classifier-manual",
             parameters={"rev": rev, "repo": str(ws.data_repo)},
