@@ -111,7 +111,9 @@ def write_gate_overview(report: GateReport, folder: Path) -> Path:
         )
     ax.set(yticks=[], xticks=[], title=f"Gates: {report.decision}")
     ax.invert_yaxis()
-    return _save(fig, folder / "gates.png")
+    return _save(
+        fig, folder / "gates.png", {"left": 0.02, "right": 0.98, "bottom": 0.02, "top": 0.94}
+    )
 
 
 def _curves(y: np.ndarray, models: list[tuple[str, np.ndarray]], folder: Path) -> Path:
@@ -121,15 +123,24 @@ def _curves(y: np.ndarray, models: list[tuple[str, np.ndarray]], folder: Path) -
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.5))
     for name, s in models:
         fpr, tpr, _ = skm.roc_curve(y, s)
-        prec, rec, _ = skm.precision_recall_curve(y, s)
-        roc.plot(fpr, tpr, label=f"{name} (AUC {skm.roc_auc_score(y, s):.4f})")
-        pr.plot(rec, prec, label=f"{name} (AP {skm.average_precision_score(y, s):.4f})")
+        prec, rec, _ = skm.precision_recall_curve(y, s, drop_intermediate=True)
+        roc.plot(*_thin(fpr, tpr), label=f"{name} (AUC {skm.roc_auc_score(y, s):.4f})")
+        pr.plot(*_thin(rec, prec), label=f"{name} (AP {skm.average_precision_score(y, s):.4f})")
     roc.plot([0, 1], [0, 1], "k:", lw=0.8)
     roc.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
     pr.set(title="Precision-recall", xlabel="recall", ylabel="precision")
     roc.legend(loc="lower right")
     pr.legend(loc="upper right")
     return _save(fig, folder / "curves.png")
+
+
+def _thin(x: np.ndarray, y: np.ndarray, points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``points`` of a curve, evenly spaced along it, both ends kept: a 600-pixel
+    line looks the same, and drawing 40,000 vertices costs most of a plot's time."""
+    if len(x) <= points:
+        return x, y
+    keep = np.unique(np.linspace(0, len(x) - 1, points).astype(int))
+    return x[keep], y[keep]
 
 
 def _slices(
@@ -155,10 +166,14 @@ def _slices(
     return _save(fig, folder / "slices.png")
 
 
-def _save(fig: Any, path: Path) -> Path:
+MARGINS = {"left": 0.1, "right": 0.97, "bottom": 0.2, "top": 0.9, "wspace": 0.3}
+
+
+def _save(fig: Any, path: Path, margins: dict[str, float] | None = None) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    # fixed margins: tight_layout measures every tick label first, a quarter of the time
+    fig.subplots_adjust(**(margins or MARGINS))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
