@@ -127,8 +127,9 @@ def use_forkserver(preload: Sequence[str] = PRELOAD, warm: bool = True) -> bool:
     return True
 
 
-def serve_deployments(deployments: Sequence[Any]) -> None:
-    """`prefect.serve(*deployments)`, with every flow run forked from the preloaded server.
+def serve_deployments(deployments: Sequence[Any], poll_seconds: float | None = None) -> None:
+    """`prefect.serve(*deployments)`, with every flow run forked from the preloaded server,
+    looking for runs to start every ``poll_seconds`` (default: Prefect's setting).
 
     With $CTFLOWS_RUNNER=spawn this is exactly `prefect.serve`.
     """
@@ -141,7 +142,7 @@ def serve_deployments(deployments: Sequence[Any]) -> None:
     if runner_kind() == "spawn":
         serve(*deployments, print_starting_message=False)
         return
-    runner = Runner(pause_on_shutdown=True)
+    runner = Runner(pause_on_shutdown=True, query_seconds=poll_seconds)
     modules: list[str] = []
     for deployment in deployments:
         deployment_id: Any = runner.add_deployment(deployment)  # sync here: a UUID

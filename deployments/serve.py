@@ -115,7 +115,8 @@ def serve_all(params_file: str) -> None:
 
     params = load_params(params_file)
     specs = project_specs(params_file)  # every model of the project: models.d/*, or this file
-    settings = {PREFECT_RUNNER_POLL_FREQUENCY: params.triggers.poll_seconds, **runtime_settings()}
+    poll = params.triggers.poll_seconds  # Prefect's setting takes whole seconds; the runner not
+    settings = {PREFECT_RUNNER_POLL_FREQUENCY: max(1, round(poll)), **runtime_settings()}
     with temporary_settings(updates=settings):
         for model_params in sorted({s.parameters["params_file"] for s in specs}):
             repair_at_start(model_params)
@@ -124,7 +125,7 @@ def serve_all(params_file: str) -> None:
         from deployments.runner import runner_kind, serve_deployments
 
         print(f"flow runs start by {runner_kind()} (CTFLOWS_RUNNER; see deployments/runner.py)")
-        serve_deployments(deployments)
+        serve_deployments(deployments, poll_seconds=poll)
 
 
 def _exit_on_term(signum: int, frame: object) -> None:

@@ -60,7 +60,8 @@ class TriggerParams(_Section):
     schedule: ScheduleParams = ScheduleParams()
     event: str = "ctflows.data.landed"
     webhook: WebhookParams = WebhookParams()
-    poll_seconds: int = Field(1, ge=1)  # how often `make serve` looks for scheduled runs
+    # how often `make serve` looks for runs to start: half of it is the mean wait of a run
+    poll_seconds: float = Field(0.5, ge=0.1)
     repair_seconds: int = Field(30, ge=5)  # how often flow `repair` looks for a killed deploy
 
     _event = field_validator("event")(classmethod(lambda cls, v: _event_name(v)))
