@@ -17,6 +17,7 @@ import yaml
 from deployments.build import render
 from deployments.server import free_port
 from deployments.webhook import sign
+from tasks.config import load_params
 from tests.helpers import ROOT
 
 SECRET = "test-secret-not-for-production"
@@ -178,7 +179,8 @@ def test_committed_prefect_yaml_matches_the_definitions():
         ("production_monitor", "churn-classifier-scheduled"),
     }
     repair = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":repair"))
-    assert repair["schedules"] == [{"interval": 60, "active": True}]
+    every = load_params(ROOT / "params.yaml").triggers.repair_seconds
+    assert repair["schedules"] == [{"interval": every, "active": True}]
     landed = next(d for d in spec["deployments"] if d["name"] == "churn-classifier-on-new-data")
     trigger = landed["triggers"][0]
     assert trigger["expect"] and trigger["match"]["prefect.resource.id"].endswith("batch.parquet")
