@@ -10,7 +10,7 @@ from tasks.dask_engine import dask_run
 from tasks.data import lineage_tags, pull_data, resolve_data
 from tasks.decisions import find_decision
 from tasks.deploy import check_deployment, deploy_model
-from tasks.evaluate import GateRejected, evaluate_candidate, plot_gate_report, wait_for_plots
+from tasks.evaluate import GateRejected, evaluate_candidate, start_plots, wait_for_plots
 from tasks.gates.predict_memory import probe_scope, start_probe
 from tasks.image import build_model_image
 from tasks.journal import recover_interrupted
@@ -151,7 +151,7 @@ def _continuous_training(
             trained.run_id,
             force,
         )
-        plots = plot_gate_report.submit(report, trained.run_id)  # drawn while we ship
+        plots = start_plots(report, trained.run_id)  # drawn while we ship
         if report.decision == "reject" or dry_run:
             kind: Kind = "rejected" if report.decision == "reject" else "dry-run"
             result = RunOutcome(

@@ -42,9 +42,10 @@ from tasks.reports import (
 from tasks.resampling import bootstrap_gain
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import numpy as np
     import pandas as pd
-    from prefect.futures import PrefectFuture
 
 log = logging.getLogger(__name__)
 
@@ -159,22 +160,31 @@ def log_report_plots(report: GateReport, run_id: str) -> int:
     return len(drawn)
 
 
-@task(name="plot-gate-report", cache_policy=NONE)
-def plot_gate_report(report: GateReport, run_id: str) -> int:
-    """Draw and log the report's plots. They decide nothing, so the flow runs this alongside
-    promotion and waits for it before it ends (``.submit()`` then ``.result()``)."""
-    drawn = log_report_plots(report, run_id)
-    get_run_logger().info("%d gate plots logged to MLflow run %s", drawn, run_id)
-    return drawn
+def start_plots(report: GateReport, run_id: str) -> Future[int]:
+    """Draw and log the report's plots in a thread of this process while the flow goes on
+    (they decide nothing); ``wait_for_plots`` before the run ends. A thread, not a Prefect
+    task: its state changes would be writes to the Prefect API alongside the flow's own, and
+    a SQLite-backed server answers those with "database is locked"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate-plots")
+    try:
+        return pool.submit(log_report_plots, report, run_id)
+    finally:
+        pool.shutdown(wait=False)  # the thread finishes its one job, then ends
 
 
-def wait_for_plots(plots: PrefectFuture[int] | None) -> None:
-    """Wait for ``plot_gate_report``; plots that failed cost a warning, not the run."""
+def wait_for_plots(plots: Future[int] | None) -> None:
+    """Wait for ``start_plots``; plots that failed cost a warning, not the run."""
     if plots is None:
         return
-    plots.wait()
-    if not plots.state.is_completed():
-        get_run_logger().warning("gate plots not logged: %s", plots.state.message)
+    logger = get_run_logger()
+    try:
+        drawn = plots.result()
+    except Exception as exc:
+        logger.warning("gate plots not logged: %s: %s", type(exc).__name__, exc)
+    else:
+        logger.info("%d gate plots logged to MLflow", drawn)
 
 
 def _metric_key(name: str) -> str:
@@ -192,7 +202,7 @@ def evaluate_candidate(
     force: bool = False,
 ) -> GateReport:
     """Gate the candidate on the batch's held-out rows; log the report to MLflow and Prefect
-    (its plots: ``plot_gate_report``)."""
+    (its plots: ``start_plots``)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     logger = get_run_logger()

@@ -49,17 +49,18 @@ def serving(ws, prefect_api: str, log: Path) -> Iterator[subprocess.Popen]:
         proc.wait(timeout=30)
 
 
-def deployed(name: str) -> bool:
-    """Whether the served process has registered deployment ``name`` (it says "serving" first)."""
+def deployed(name: str, params_file: Path) -> bool:
+    """Whether the served process has registered deployment ``name`` for ``params_file`` (it
+    says "serving" first)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_deployment_by_name(name)
+            found = client.read_deployment_by_name(name)
         except ObjectNotFound:
             return False
-    return True
+    return bool(found.parameters.get("params_file") == str(params_file))
 
 
 def wait_until(predicate, timeout: float, what: str) -> float:
@@ -131,10 +132,16 @@ def test_the_scheduled_repair_puts_right_a_served_run_killed_mid_deploy_within_a
         assert "repair at start: nothing to repair" in log.read_text()
         seen = len(requests_seen(kube))
         inject(kube, method="GET", path="/deployments/churn-model", delay=60, count=1, skip=2)
-        wait_until(lambda: deployed("continuous-training/churn-classifier-manual"), 60, "it")
+        manual = "continuous-training/churn-classifier-manual"
+        # the name may still be registered by an earlier test's served process: wait for ours
+        wait_until(lambda: deployed(manual, ws.params_file), 60, "the served deployment")
         run = run_deployment(
-            "continuous-training/churn-classifier-manual",
-            parameters={"rev": rev, "repo": str(ws.data_repo)},
+            manual,
+            parameters={
+                "rev": rev,
+                "repo": str(ws.data_repo),
+                "params_file": str(ws.params_file),
+            },
             timeout=0,
         )
         wait_until(
