@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from bench.report import ALONGSIDE, plot_scaling, render, update_readme
+from bench.report import plot_scaling, render, update_readme
 from bench.served import BenchError, RunTiming, Stack, served_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,10 +293,7 @@ def served_scaling(stack: Stack, rows: int, day: int) -> dict[str, Any]:
 def summarize_served(full: list[RunTiming], unchanged: list[RunTiming], runner: str) -> dict:
     names = sorted({name for t in full for name in t.tasks}, key=lambda n: _order(full, n))
     tasks = {n: _median([t.tasks.get(n, 0.0) for t in full]) for n in names}
-    outside = [
-        t.total - t.accepted_to_running - sum(v for n, v in t.tasks.items() if n not in ALONGSIDE)
-        for t in full
-    ]
+    outside = [t.total - t.accepted_to_running - sum(t.tasks.values()) for t in full]
     return {
         "runner": runner,
         "full_seconds": _median([t.total for t in full]),
@@ -324,7 +321,6 @@ def _order(full: list[RunTiming], name: str) -> int:
     """Tasks in the order a run reaches them (their order in the recorded breakdown)."""
     order = ["setup-tracking", "recover", "resolve-data", "find-previous-run", "pull-data"]
     order += ["validate-data", "check-deployment", "train-model", "evaluate-candidate"]
-    order += ["plot-gate-report"]
     order += ["promote-model", "deploy-model", "finish-promotion", "complete-run", "notify"]
     return order.index(name) if name in order else len(order)
 
