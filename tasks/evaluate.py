@@ -9,6 +9,7 @@ threshold and a reason. Metrics live in ``tasks.metrics``, the paired bootstrap 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -206,30 +207,25 @@ def evaluate_candidate(
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     logger = get_run_logger()
-    if params.train.engine == "dask":  # the holdout stays on the workers; they score it
-        from tasks.dask_engine import train_on_dask
-        from tasks.dask_scoring import holdout_on_dask
+    with contextlib.ExitStack() as stack:
+        retrain: Callable[[], Any]
+        scorer: Callable[[Any, str], np.ndarray] | None = None
+        if params.train.engine == "dask":  # the holdout stays on the workers; they score it
+            from tasks.dask_engine import train_on_dask
+            from tasks.dask_scoring import holdout_on_dask
 
-        with holdout_on_dask(version, params) as held:
-            report = compare(
-                candidate,
-                champion,
-                held.frame,
-                params.gates,
-                params.data,
-                (),
-                force,
-                params.train.task,
-                lambda: train_on_dask(version, params).pipeline,
-                held.score,
-            )
-    else:
-        train_df, holdout = split_holdout(read_version(version), params.data)
+            held = stack.enter_context(holdout_on_dask(version, params))
+            holdout, scorer = held.frame, held.score
 
-        def retrain() -> Any:
-            from tasks.train import train_model
+            def retrain() -> Any:
+                return train_on_dask(version, params).pipeline
+        else:
+            train_df, holdout = split_holdout(read_version(version), params.data)
 
-            return train_model(train_df, params)
+            def retrain() -> Any:
+                from tasks.train import train_model
+
+                return train_model(train_df, params)
 
         report = compare(
             candidate,
@@ -241,6 +237,7 @@ def evaluate_candidate(
             force,
             params.train.task,
             retrain,
+            scorer,
         )
     for note in report.notes:
         (logger.warning if note.startswith("WARNING") else logger.info)("%s", note)

@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import psutil
 import pytest
 
@@ -17,6 +16,7 @@ from tasks.dask_engine import DaskEngineError
 from tasks.data import make_batch, publish_batch
 from tasks.data_versions import MissingDataError
 from tests.helpers import ROOT, store, write_params
+from tests.integration.test_continuous_training import champion_version
 
 PARTS = "data/parts"
 
@@ -36,14 +36,6 @@ def dask_ws(workspace, monkeypatch: pytest.MonkeyPatch) -> Iterator:
 
 def land_parts(ws, days=(1, 2, 3), rows: int = 1_500) -> str:
     return publish_batch(ws.data_repo, [make_batch(d, rows) for d in days], PARTS, "parts")
-
-
-def champion_version(ws) -> str | None:
-    client = store(ws.params)
-    try:
-        return str(client.get_model_version_by_alias("churn-classifier", "champion").version)
-    except mlflow.exceptions.MlflowException:
-        return None
 
 
 def test_a_partitioned_version_validates_trains_on_dask_and_is_promoted(dask_ws, caplog):
