@@ -121,7 +121,8 @@ def render(r: dict[str, Any]) -> str:
         "",
         "| stage | served | plain cold |",
         "|---|---|---|",
-        f"| accepted → Running (poll, process start, imports) | {served['accepted_to_running']:.2f}"
+        "| accepted → Running (server event or poll, fork, engine start) | "
+        f"{served['accepted_to_running']:.2f}"
         f" | {plain['stages'].get('imports', 0):.2f} (imports) |",
     ]
     plain_of = {"validate-data": "validate", "train-model": "fit", "evaluate-candidate": "score"}

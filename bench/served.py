@@ -135,7 +135,7 @@ class Stack:
                 raise BenchError(
                     f"deployments.serve exited ({self.serve.returncode}); see {self.log}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.25)  # the times come from the states Prefect recorded, not from here
         raise BenchError(f"flow run {run_id} not finished after {timeout:.0f} s; see {self.log}")
 
     def _state(self, run_id: str) -> str:
@@ -196,9 +196,13 @@ class Stack:
 
 
 class RssSampler:
-    """Peak resident memory of the processes a served run starts under ``pid``."""
+    """Peak resident memory of the processes a served run starts under ``pid``.
 
-    def __init__(self, pid: int, step: float = 0.05) -> None:
+    Light on purpose, so as not to slow what it measures: a few reads a second, of the
+    kernel's own high-water mark of each new process (VmHWM: its peak resident set, exact
+    whenever it was reached, where sampling the current RSS would miss short peaks)."""
+
+    def __init__(self, pid: int, step: float = 0.2) -> None:
         import psutil
 
         self.root = psutil.Process(pid)
@@ -227,11 +231,18 @@ class RssSampler:
         while not self._stop.is_set():
             with contextlib.suppress(psutil.Error):
                 for child in self.root.children(recursive=True):
-                    if child.pid in self._known:
-                        continue
-                    with contextlib.suppress(psutil.Error):
-                        self.peak = max(self.peak, child.memory_info().rss)
+                    if child.pid not in self._known:
+                        self.peak = max(self.peak, _high_water_mark(child))
             self._stop.wait(self.step)
+
+
+def _high_water_mark(process: Any) -> int:
+    """The process's peak resident set so far (Linux VmHWM); its current RSS elsewhere."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return int(process.memory_info().rss)
 
 
 def write_params(root: Path, kubeconfig: Path, data_repo: Path, registry: str, base: str) -> Path:
@@ -246,7 +257,7 @@ def write_params(root: Path, kubeconfig: Path, data_repo: Path, registry: str, b
     # every gate is computed as shipped, with bounds that cannot block: the decision is always
     # to promote, so every run is timed through the rollout whatever the machine's noise
     gates = raw["gates"]
-    gates["significance"]["enabled"] = False  # its bound cannot be widened below 0
+    gates["significance"]["min_improvement"] = -1e12  # bootstrapped as shipped, never blocks
     gates["no_regression"]["tolerance"] = 1.0
     for section in gates.values():
         if isinstance(section, dict):

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def classify(exc: BaseException) -> int:
     """Exit code of an unexpected error: services that did not answer are 3, else 1."""
-    from tasks.deploy import DeployError, RolloutFailed
+    from tasks.cluster import DeployError, RolloutFailed
     from tasks.services import ServiceUnavailable
     from tasks.train import TrackingError
 

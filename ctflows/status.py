@@ -109,7 +109,8 @@ def _iso(millis: int | None) -> str | None:
 
 def cluster_facts(params: Params, champion: dict[str, Any] | None) -> dict[str, Any]:
     """What the Deployment runs, and whether it is the champion."""
-    from tasks.deploy import ANNOTATION_PREFIX, Cluster, resolve_mode
+    from tasks.cluster import ANNOTATION_PREFIX, Cluster
+    from tasks.deploy import resolve_mode
 
     deploy = params.deploy
     where = f"{deploy.namespace}/{deploy.deployment}"

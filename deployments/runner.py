@@ -75,6 +75,42 @@ PRELOAD: tuple[str, ...] = (
     "pyarrow.dataset",
     "psutil",
     "oras.provider",
+    # imported by a run's first call of each, found by listing what a served run imported
+    # beyond this list (0.3 s of imports a full run paid, 0.1 s a skipped one)
+    "kubernetes.client.api.apps_v1_api",  # the client's lazy __getattr__ imports it per run
+    "mlflow.pyfunc",
+    "mlflow.tracing.export",
+    "mlflow.tracing.processor.base_mlflow",
+    "mlflow.tracing.processor.otel",
+    "mlflow.store.tracking.sqlalchemy_workspace_store",
+    "mlflow.store.model_registry.sqlalchemy_workspace_store",
+    "mlflow.models.display_utils",
+    "mlflow.utils.spark_utils",
+    "alembic.command",
+    "alembic.config",
+    "prefect.task_engine",
+    "prefect.concurrency.sync",
+    "prefect.artifacts",
+    "prefect.utilities.visualization",
+    "pydantic.validate_call_decorator",
+    "dvc.repo.plots",
+    "dvc.repo.artifacts",
+    "dvc.repo.datasets",
+    "dvc.repo.stage",
+    "dvc.data_cloud",
+    "dvc.cachemgr",
+    "dvc.dirs",
+    "dvc_data.hashfile.db.local",
+    "dulwich.worktree",
+    "dulwich.ignore",
+    "fsspec.implementations.chained",
+    "netrc",
+    "matplotlib.backends.backend_agg",
+    "olot.oci.oci_image_layout",
+    "oras.layout",
+    "deployments.serving.app",
+    "tasks.encoders",
+    "tasks.shadow",
     "deployments.forkserver_warm",  # last: computes, once, what every run would compute
 )
 
@@ -152,9 +188,64 @@ def serve_deployments(deployments: Sequence[Any], poll_seconds: float | None = N
             modules.append(module)
     use_forkserver(tuple(dict.fromkeys([*modules, *PRELOAD])))
     try:
-        asyncio.run(runner.start())
+        asyncio.run(_start_with_wake(runner))
     except (KeyboardInterrupt, TerminationSignal) as exc:
         log.info("received %s, shutting down", type(exc).__name__)
+
+
+async def _start_with_wake(runner: Any) -> None:
+    """``runner.start()``, with ``wake_on_new_runs`` alongside for as long as it serves."""
+    import asyncio
+
+    wake = asyncio.create_task(wake_on_new_runs(runner))
+    try:
+        await runner.start()
+    finally:
+        wake.cancel()
+
+
+async def wake_on_new_runs(runner: Any, retry_seconds: float = 10.0) -> None:
+    """Look for runs to start as soon as the server announces a scheduled flow run, rather
+    than at the runner's next poll (half a poll interval saved on average, on every run).
+
+    Subscribes to the server's `prefect.flow-run.Scheduled` events (the websocket Prefect's
+    own automations read) and, on each, does what a poll does: the runner's
+    `_scheduled_run_poller._get_and_submit_flow_runs()` in the runner's event loop, which
+    starts only runs of its deployments that are due, once each. Polling goes on unchanged:
+    a lost connection is opened again after ``retry_seconds``, and meanwhile runs start at the
+    next poll, as without this.
+    """
+    import asyncio
+    import datetime
+
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    name = EventNameFilter(name=["prefect.flow-run.Scheduled"])
+    while True:
+        try:
+            now = datetime.datetime.now(datetime.UTC)
+            since = EventOccurredFilter(since=now)  # no backfill of old events
+            async with get_events_subscriber(
+                filter=EventFilter(event=name, occurred=since)
+            ) as events:
+                async for _ in events:
+                    poller = getattr(runner, "_scheduled_run_poller", None)
+                    submit = getattr(poller, "_get_and_submit_flow_runs", None)
+                    if submit is None:  # not started yet, or a Prefect without it: polling
+                        continue
+                    await submit()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the poll still starts every run; say why it is slower
+            log.warning(
+                "not woken by flow-run events (%s: %s); runs start at the next poll, "
+                "retrying in %.0f s",
+                type(exc).__name__,
+                exc,
+                retry_seconds,
+            )
+        await asyncio.sleep(retry_seconds)
 
 
 def _flow_of(deployment: Any) -> tuple[Any, str]:

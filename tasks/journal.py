@@ -16,8 +16,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.champion import move_alias
+from tasks.cluster import PodTemplate
 from tasks.config import Params
-from tasks.deploy import PodTemplate
 from tasks.train import TrackingError
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,8 @@ def recover(params: Params) -> str | None:
     version, and only then is the journal cleared. When the cluster cannot be put back (this
     worker deploys in dry-run mode, the API fails), RecoveryIncomplete: alias and journal stay.
     """
-    from tasks.deploy import DeployError, PodTemplate, open_cluster, resolve_mode
+    from tasks.cluster import DeployError, PodTemplate, open_cluster
+    from tasks.deploy import resolve_mode
 
     name, alias = params.registry.model_name, params.registry.alias
     entry = read_journal(name)

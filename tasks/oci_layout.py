@@ -152,21 +152,38 @@ class Layout:
 
 def empty_base(layout: Layout, platform: str) -> str:
     """A model-only image's base: no layers, only the platform. Returns its manifest digest."""
+    return put_image(layout, platform, {}, [])
+
+
+def put_image(
+    layout: Layout,
+    platform: str,
+    config: dict[str, Any],
+    layers: list[bytes],
+    history: list[dict[str, str]] | None = None,
+) -> str:
+    """Write an image for ``platform`` (``os/arch[/variant]``) with the run ``config``
+    (``Env``, ``Cmd``, ...) and uncompressed tar ``layers``; returns its manifest digest."""
     os_, arch, *variant = platform.split("/")
-    config: dict[str, Any] = {
+    image: dict[str, Any] = {
         "architecture": arch,
         "os": os_,
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": []},
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [layout.put(layer) for layer in layers]},
     }
+    if history:
+        image["history"] = history
     if variant:
-        config["variant"] = variant[0]
-    raw = _dump(config)
+        image["variant"] = variant[0]
+    raw = _dump(image)
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": layout.put(raw), "size": len(raw)},
-        "layers": [],
+        "layers": [
+            {"mediaType": OCI_LAYER, "digest": layout.put(layer), "size": len(layer)}
+            for layer in layers
+        ],
     }
     return layout.put(_dump(manifest))
 

@@ -13,8 +13,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.champion import current_champion_version, move_alias, version_identity
+from tasks.cluster import PodTemplate
 from tasks.config import Params
-from tasks.deploy import ModelIdentity, PodTemplate
+from tasks.deploy import ModelIdentity
 from tasks.journal import clear_journal, recover, write_journal
 from tasks.train import TrackingError, TrainedModel
 

@@ -29,18 +29,32 @@ def _poisson_mean(
     if exact_cells or len(values) <= QUANTILE_BINS:
         cells, inverse = np.unique(values, return_inverse=True)
         counts = np.bincount(inverse).astype(float)
-        means = cells.astype(float)
-    else:
+        return _weighted_means(counts, [cells.astype(float)], rng, resamples)[0]
+    return _quantile_means([values], rng, resamples)[0]
+
+
+def _quantile_means(
+    arrays: list[np.ndarray], rng: np.random.Generator, resamples: int
+) -> list[np.ndarray]:
+    """``_poisson_mean`` of several arrays of the same length in quantile cells, with one
+    weight matrix: the cells' sizes depend only on the number of rows, so each array's
+    replicates are exactly what a bootstrap of it alone, from the same seed, would give."""
+    edges = np.linspace(0, len(arrays[0]), QUANTILE_BINS + 1).astype(int)
+    counts = np.diff(edges).astype(float)
+    means = []
+    for values in arrays:
         order = np.argsort(values, kind="stable")
-        edges = np.linspace(0, len(values), QUANTILE_BINS + 1).astype(int)
-        counts = np.diff(edges).astype(float)
-        sums = np.add.reduceat(values[order], edges[:-1])
-        means = sums / counts
+        means.append(np.add.reduceat(values[order], edges[:-1]) / counts)
+    return _weighted_means(counts, means, rng, resamples)
+
+
+def _weighted_means(
+    counts: np.ndarray, means: list[np.ndarray], rng: np.random.Generator, resamples: int
+) -> list[np.ndarray]:
     weights = rng.poisson(counts, size=(resamples, len(counts))).astype(float)
     total = weights.sum(axis=1)
     total[total == 0] = np.nan
-    result: np.ndarray = (weights @ means) / total
-    return result
+    return [(weights @ m) / total for m in means]
 
 
 def _placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +119,35 @@ def bootstrap_gain(
         result: np.ndarray = pos + neg - point
         return result
     return _resample_rows(metric, y, cand, champ, threshold, resamples, rng)
+
+
+def bootstrap_gains(
+    metric: str,
+    y: np.ndarray,
+    cands: list[np.ndarray],
+    champ: np.ndarray,
+    threshold: float,
+    resamples: int,
+    seed: int,
+) -> list[np.ndarray]:
+    """``bootstrap_gain`` of several candidates' binary scores against one champion, each
+    exactly as its own call would give it (same seed). ROC AUC and the losses on more rows
+    than quantile cells share their Poisson draws (most of the cost) between candidates."""
+    y = np.asarray(y).astype(int)
+    n_pos = int(y.sum()) if len(y) else 0
+    if metric == "roc_auc" and min(n_pos, len(y) - n_pos) > QUANTILE_BINS:
+        placements = [_placements(y, s) for s in (*cands, champ)]
+        h10, h01 = placements[-1]
+        rng = np.random.default_rng(seed)
+        pos = _quantile_means([c10 - h10 for c10, _ in placements[:-1]], rng, resamples)
+        neg = _quantile_means([c01 - h01 for _, c01 in placements[:-1]], rng, resamples)
+        points = [float(np.mean(c10) - np.mean(h10)) for c10, _ in placements[:-1]]
+        return [p + q - point for p, q, point in zip(pos, neg, points, strict=True)]
+    if metric in {"log_loss", "brier"} and len(y) > QUANTILE_BINS:
+        base = _row_loss(metric, y, champ)
+        diffs = [base - _row_loss(metric, y, c) for c in cands]
+        return _quantile_means(diffs, np.random.default_rng(seed), resamples)
+    return [bootstrap_gain(metric, y, c, champ, threshold, resamples, seed) for c in cands]
 
 
 def _multiclass_gain(

@@ -50,6 +50,23 @@ def small_params(folder: Path, **overrides: dict[str, Any]) -> Params:
     return load_params(write_params(folder, **overrides))
 
 
+def served_deployment(name: str, params_file: Path | None = None) -> Any | None:
+    """Deployment ``name`` as registered on the Prefect server (``PREFECT_API_URL``), or None;
+    with ``params_file``, only if it serves that file (an earlier test's `deployments.serve`
+    may have registered the same name for its own)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+    if params_file is not None and found.parameters.get("params_file") != str(params_file):
+        return None
+    return found
+
+
 class SlackRecorder:
     """A local HTTP server standing in for a Slack incoming webhook; it records every post."""
 

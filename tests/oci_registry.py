@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import ImageParams
-from tasks.oci_layout import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Layout, _dump, model_layer
+from tasks.oci_layout import OCI_MANIFEST, Layout, _dump, model_layer, put_image
 from tasks.registry import Reference, Registry
 from tests.helpers import ROOT
 
@@ -96,30 +96,14 @@ def app_layer() -> bytes:
 
 def write_base(layout: Layout, platform: str, marker: str = "") -> str:
     """A small serving base image for ``platform``; returns its manifest digest."""
-    os_, arch, *variant = platform.split("/")
-    layer = app_layer()
-    config: dict[str, Any] = {
-        "architecture": arch,
-        "os": os_,
-        "config": {
-            "Env": ["PYTHONUNBUFFERED=1", "MODEL_URI=/models"],
-            "Cmd": ["uvicorn", "--factory", "deployments.serving.app:create_app", "--port", "8080"],
-            "WorkingDir": "/app",
-            "Labels": {"org.opencontainers.image.title": f"ctflows-serving-test{marker}"},
-        },
-        "rootfs": {"type": "layers", "diff_ids": [layout.put(layer)]},
-        "history": [{"created": "2026-01-01T00:00:00Z", "created_by": "tests/oci_registry.py"}],
+    config = {
+        "Env": ["PYTHONUNBUFFERED=1", "MODEL_URI=/models"],
+        "Cmd": ["uvicorn", "--factory", "deployments.serving.app:create_app", "--port", "8080"],
+        "WorkingDir": "/app",
+        "Labels": {"org.opencontainers.image.title": f"ctflows-serving-test{marker}"},
     }
-    if variant:
-        config["variant"] = variant[0]
-    raw = _dump(config)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": layout.put(raw), "size": len(raw)},
-        "layers": [{"mediaType": OCI_LAYER, "digest": layout.put(layer), "size": len(layer)}],
-    }
-    return layout.put(_dump(manifest))
+    history = [{"created": "2026-01-01T00:00:00Z", "created_by": "tests/oci_registry.py"}]
+    return put_image(layout, platform, config, [app_layer()], history)
 
 
 def push_base(host: str, folder: Path, platforms: tuple[str, ...] = ("linux/amd64",)) -> str:

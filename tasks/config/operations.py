@@ -60,8 +60,9 @@ class TriggerParams(_Section):
     schedule: ScheduleParams = ScheduleParams()
     event: str = "ctflows.data.landed"
     webhook: WebhookParams = WebhookParams()
-    # how often `make serve` looks for runs to start: half of it is the mean wait of a run
-    poll_seconds: float = Field(0.5, ge=0.1)
+    # how often `make serve` looks for due runs; a new run wakes it at once (a flow-run event),
+    # so this is the delay of scheduled runs and the fallback if events do not arrive
+    poll_seconds: float = Field(2.0, ge=0.1)
     repair_seconds: int = Field(30, ge=5)  # how often flow `repair` looks for a killed deploy
 
     _event = field_validator("event")(classmethod(lambda cls, v: _event_name(v)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import sys
 import threading
 import time
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = argv or sys.argv[1:]
     if args and args[0] == "--serve":
+        os.nice(10)  # imports on the CPU the run leaves idle, not on its training's
         for module in ["tasks.gates.evidence", "psutil", *args[1:]]:
             with contextlib.suppress(ImportError):  # loading the model names what is missing
                 importlib.import_module(module)

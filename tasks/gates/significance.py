@@ -14,14 +14,16 @@ from pydantic import Field
 from tasks.gates.base import BaseGate, GateRule
 from tasks.metrics import better
 from tasks.reports import GateResult, Status
-from tasks.resampling import bootstrap_gain
+from tasks.resampling import bootstrap_gain, bootstrap_gains
 
 if TYPE_CHECKING:
     from tasks.gates.evidence import Evidence
 
 
 class SignificanceParams(GateRule):
-    min_improvement: float = Field(0.0, ge=0.0)
+    # > 0: a required gain; 0: any confident gain (a tie never promotes); < 0: a
+    # non-inferiority margin (a fresh model not confidently worse by more than it promotes)
+    min_improvement: float = 0.0
     resamples: int = Field(1000, ge=50, le=100_000)
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
     seed: int = 0
@@ -45,19 +47,34 @@ class SignificanceGate(BaseGate):
     force_skippable = True
     order = 30
 
-    def _gains(self, evidence: Evidence, cand: np.ndarray) -> np.ndarray:
+    def _gains(self, evidence: Evidence) -> tuple[np.ndarray, np.ndarray]:
+        """Bootstrap replicates of the candidate's gain, and of a perfect model's."""
         rule = self.params
         assert isinstance(rule, SignificanceParams) and evidence.champion_scores is not None
-        return bootstrap_gain(
-            evidence.primary_metric,
-            evidence.y,
-            cand,
-            evidence.champion_scores,
-            evidence.threshold,
-            rule.resamples,
-            rule.seed,
-            regression=evidence.task == "regression",
+        args = (evidence.threshold, rule.resamples, rule.seed)
+        perfect = oracle_scores(evidence)
+        if evidence.task == "binary":  # one pass: both share the resampling draws
+            boot, best = bootstrap_gains(
+                evidence.primary_metric,
+                evidence.y,
+                [evidence.candidate_scores, perfect],
+                evidence.champion_scores,
+                *args,
+            )
+            return boot, best
+        regression = evidence.task == "regression"
+        boot, best = (
+            bootstrap_gain(
+                evidence.primary_metric,
+                evidence.y,
+                scores,
+                evidence.champion_scores,
+                *args,
+                regression=regression,
+            )
+            for scores in (evidence.candidate_scores, perfect)
         )
+        return boot, best
 
     def evaluate(self, evidence: Evidence) -> list[GateResult]:
         rule, metric = self.params, evidence.primary_metric
@@ -69,7 +86,7 @@ class SignificanceGate(BaseGate):
         if math.isnan(c) or math.isnan(h):
             return [self.result("failed", f"{metric} is undefined here", metric, c, h)]
         gain = better(metric, c, h)
-        boot = self._gains(evidence, evidence.candidate_scores)
+        boot, perfect = self._gains(evidence)
         evidence.artifacts["bootstrap_gains"] = boot
         lo, hi = (float(q) for q in np.nanquantile(boot, [rule.alpha, 1 - rule.alpha]))
         detectable = rule.min_improvement + max(gain - lo, 0.0)
@@ -79,7 +96,6 @@ class SignificanceGate(BaseGate):
             f"{detectable:+.4f} or more to clear the {100 * (1 - rule.alpha):.0f}% lower bound "
             f"(smaller gains cannot be told from noise here)"
         )
-        perfect = self._gains(evidence, oracle_scores(evidence))
         perfect_lo = float(np.nanquantile(perfect, rule.alpha))
         never = not perfect_lo > rule.min_improvement
         if never:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.deploy import RolloutFailed
+from tasks.cluster import RolloutFailed
 from tests.integration.test_continuous_training import champion_version
 from tests.integration.test_deploy_cluster import (  # noqa: F401
     apps,

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import pytest
 from kubernetes import client, config
 
-from tasks.deploy import DeployError, RolloutFailed
+from tasks.cluster import DeployError, RolloutFailed
 from tests.helpers import ROOT, store
 from tests.integration.test_continuous_training import champion_version
 from tests.kube_standin import Standin

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.deploy import DeployError
+from tasks.cluster import DeployError
 
 # generous against a loaded machine; a hang would be the 10 s default times every retry, or
 # forever when nothing bounds the read

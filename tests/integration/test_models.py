@@ -14,7 +14,7 @@ import yaml
 
 from deployments.server import free_port
 from tasks.data import make_batch, publish_batch
-from tests.helpers import ROOT, store
+from tests.helpers import ROOT, served_deployment, store
 from tests.integration.test_cli import as_json, ctflows
 
 
@@ -55,9 +55,6 @@ SECRET = "two-models-secret"
 
 def served(project: Path, log: Path, webhook_port: int) -> subprocess.Popen[bytes]:
     """`deployments.serve` on the project, once its deployments exist on the server."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CTFLOWS_WEBHOOK_SECRET": SECRET}
     args = ["--params", str(project / "params.yaml"), "--webhook-port", str(webhook_port)]
     with log.open("wb") as out:
@@ -69,15 +66,11 @@ def served(project: Path, log: Path, webhook_port: int) -> subprocess.Popen[byte
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 300
-    with get_client(sync_client=True) as client:
-        while True:
-            assert proc.poll() is None, f"serve exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"never served: {log.read_text()[-2000:]}"
-            try:
-                client.read_deployment_by_name("promote/upsell")
-                return proc
-            except ObjectNotFound:
-                time.sleep(0.5)
+    while served_deployment("promote/upsell") is None:
+        assert proc.poll() is None, f"serve exited: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"never served: {log.read_text()[-2000:]}"
+        time.sleep(0.5)
+    return proc
 
 
 def post_landed(port: int, body: dict) -> tuple[int, dict]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, served_deployment
 from tests.integration import test_deploy_cluster as cluster_tests
 from tests.integration.test_continuous_training import champion_version
 from tests.integration.test_deploy_cluster import (
@@ -49,20 +49,6 @@ def serving(ws, prefect_api: str, log: Path) -> Iterator[subprocess.Popen]:
         proc.wait(timeout=30)
 
 
-def deployed(name: str, params_file: Path) -> bool:
-    """Whether the served process has registered deployment ``name`` for ``params_file`` (it
-    says "serving" first)."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            found = client.read_deployment_by_name(name)
-        except ObjectNotFound:
-            return False
-    return bool(found.parameters.get("params_file") == str(params_file))
-
-
 def wait_until(predicate, timeout: float, what: str) -> float:
     started = time.monotonic()
     while not predicate():
@@ -87,7 +73,8 @@ def journal_open(ws) -> bool:
 def test_a_served_process_repairs_a_half_done_promotion_before_it_serves(
     workspace, kube, prefect_api, tmp_path
 ):
-    from tasks.deploy import Cluster, read_templates
+    from tasks.cluster import Cluster
+    from tasks.deploy import read_templates
     from tasks.journal import write_journal
 
     ws = workspace
@@ -134,7 +121,7 @@ def test_the_scheduled_repair_puts_right_a_served_run_killed_mid_deploy_within_a
         inject(kube, method="GET", path="/deployments/churn-model", delay=60, count=1, skip=2)
         manual = "continuous-training/churn-classifier-manual"
         # the name may still be registered by an earlier test's served process: wait for ours
-        wait_until(lambda: deployed(manual, ws.params_file), 60, "the served deployment")
+        wait_until(lambda: served_deployment(manual, ws.params_file), 60, "the served deployment")
         run = run_deployment(
             manual,
             parameters={

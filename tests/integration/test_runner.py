@@ -9,11 +9,11 @@ import threading
 import time
 
 import psutil
+import yaml
 from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
 
 from deployments.definitions import TRAINING_FLOW, model_deployment
-from tests.helpers import ROOT
+from tests.helpers import ROOT, served_deployment
 
 
 def _forked_run_seen(serve: psutil.Process, stop: threading.Event, seen: list[int]) -> None:
@@ -43,15 +43,13 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def _deployment(client, name: str):
-    try:
-        return client.read_deployment_by_name(name)
-    except ObjectNotFound:
-        return None
-
-
 def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api, tmp_path):
+    """A run created on the server starts at once, forked from the preloaded server: the
+    runner polls only every 60 s here, so only the flow-run event can wake it in time."""
     rev = workspace.land_day(1, 3_000)
+    raw = yaml.safe_load(workspace.params_file.read_text())
+    raw["triggers"]["poll_seconds"] = 60
+    workspace.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
     env["CTFLOWS_SLACK_WEBHOOK_URL"] = workspace.slack.url
     env.pop("CTFLOWS_RUNNER", None)
@@ -73,11 +71,23 @@ def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api
         with get_client(sync_client=True) as client:
             model = workspace.params.registry.model_name
             name = f"{TRAINING_FLOW}/{model_deployment(model, 'manual')}"
-            manual = _wait(lambda: _deployment(client, name), 180, "the deployments")
+            manual = _wait(
+                lambda: served_deployment(name, workspace.params_file), 180, "the deployments"
+            )
+            _wait(lambda: "flow runs start from" in log.read_text(), 60, "the runner to start")
+            time.sleep(3)  # past the runner's first poll: the next one is a minute away
             run = client.create_flow_run_from_deployment(
                 manual.id,
                 parameters={"rev": rev, "params_file": str(workspace.params_file)},
             )
+            created = time.monotonic()
+
+            def running():
+                state = client.read_flow_run(run.id).state
+                return state if state and (state.is_running() or state.is_final()) else None
+
+            _wait(running, 30, "the served run to start")
+            started_after = time.monotonic() - created
 
             def final():
                 state = client.read_flow_run(run.id).state
@@ -85,6 +95,8 @@ def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api
 
             state = _wait(final, 300, "the served run to finish")
         assert state.is_completed(), (state, log.read_text()[-2000:])
+        assert started_after < 15, f"Running {started_after:.1f} s after creation: not woken"
+        assert "not woken by flow-run events" not in log.read_text()
         assert any("promoted" in text for text in workspace.slack.texts())
         assert seen, "no flow-run process was forked from the fork server"
         assert "flow runs start by forkserver" in log.read_text()

@@ -186,10 +186,10 @@ class FakePrefect:
 
 
 def test_duplicates_share_a_run_and_a_failed_run_is_started_again():
-    from deployments import receiver
+    from deployments.run_starter import RunStarter
 
     prefect = FakePrefect()
-    starter = receiver.RunStarter(prefect, "continuous-training/on-new-data", "params.yaml")
+    starter = RunStarter(prefect, "continuous-training/on-new-data", "params.yaml")
     landed = Landed("p", "r", "m" * 32)
 
     async def burst(n: int) -> list:
@@ -255,7 +255,7 @@ def _prefect_answering(statuses: list[int]) -> tuple[httpx.MockTransport, list[b
 
 
 def test_a_busy_prefect_answer_is_sent_again_at_once_with_the_same_body():
-    from deployments.receiver import BusyRetryTransport
+    from deployments.run_starter import BusyRetryTransport
 
     inner, seen = _prefect_answering([503, 503, 201])
 
@@ -270,7 +270,7 @@ def test_a_busy_prefect_answer_is_sent_again_at_once_with_the_same_body():
 
 
 def test_a_prefect_that_stays_busy_gets_its_503_back_after_the_short_retries():
-    from deployments.receiver import BusyRetryTransport
+    from deployments.run_starter import BusyRetryTransport
 
     inner, seen = _prefect_answering([503])
 

@@ -1,15 +1,7 @@
 import pytest
 
-from tasks.deploy import (
-    DeployError,
-    ModelIdentity,
-    PodTemplate,
-    image_reference,
-    resolve_mode,
-    rollout_status,
-    targets,
-    template_patch,
-)
+from tasks.cluster import DeployError, PodTemplate, rollout_status, template_patch
+from tasks.deploy import ModelIdentity, image_reference, resolve_mode, targets
 from tests.helpers import small_params
 
 DIGEST = "sha256:" + "e" * 64

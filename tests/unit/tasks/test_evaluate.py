@@ -375,3 +375,24 @@ def test_force_skips_only_the_champion_comparison_gates(world, tmp_path):
     assert report.decision == "promote"
     slow = compare(Slow(champion, 5.0), champion, holdout, params.gates, params.data, force=True)
     assert slow.decision == "reject" and gates_of(slow)["latency"] == "failed"
+
+
+def test_a_negative_min_improvement_is_a_non_inferiority_margin(world, tmp_path):
+    """A fresh model no better than the champion fails the default policy (a tie never
+    promotes) and passes a non-inferiority margin; a clearly worse one fails both."""
+    params, champion, _, holdout = world
+    margin = small_params(tmp_path, gates={"significance": {"min_improvement": -0.01}})
+    tie = Jittered(champion, 0.002)
+    assert (
+        gates_of(compare(tie, champion, holdout, params.gates, params.data))["significance"]
+        == "failed"
+    )
+    assert (
+        gates_of(compare(tie, champion, holdout, margin.gates, params.data))["significance"]
+        == "passed"
+    )
+    worse = Jittered(champion, 0.3)
+    assert (
+        gates_of(compare(worse, champion, holdout, margin.gates, params.data))["significance"]
+        == "failed"
+    )

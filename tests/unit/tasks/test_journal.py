@@ -6,7 +6,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.deploy import PodTemplate
+from tasks.cluster import PodTemplate
 from tasks.journal import (
     JOURNAL_TAG,
     JournalError,

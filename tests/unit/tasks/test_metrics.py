@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tasks.metrics import HIGHER_IS_BETTER, METRICS, check_metric, compute_metrics, metric_value
-from tasks.resampling import bootstrap_gain
+from tasks.resampling import bootstrap_gain, bootstrap_gains
 
 
 def multiclass(n=2_000, k=3, seed=5):
@@ -70,3 +70,20 @@ def test_fast_bootstrap_matches_a_plain_row_bootstrap(task, metric):
     assert np.mean(fast) > 0  # a is the better model
     assert np.mean(fast) == pytest.approx(np.mean(slow), abs=0.25 * np.std(slow))
     assert np.std(fast) == pytest.approx(np.std(slow), rel=0.2)
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "log_loss", "brier", "accuracy", "f1", "pr_auc"])
+@pytest.mark.parametrize("rows", [3_000, 30_000])
+def test_gains_of_several_candidates_are_each_what_its_own_bootstrap_gives(metric, rows):
+    """The significance gate bootstraps the candidate and a perfect model in one pass; sharing
+    the resampling draws must not change either one's replicates."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(rows) < 0.3).astype(int)
+    champ = np.clip(0.25 * y + rng.random(rows) * 0.75, 0, 1)
+    cands = [np.clip(0.3 * y + rng.random(rows) * 0.7, 0, 1), y.astype(float)]
+    together = bootstrap_gains(metric, y, cands, champ, 0.5, 300, seed=4)
+    alone = [bootstrap_gain(metric, y, c, champ, 0.5, 300, seed=4) for c in cands]
+    assert len(together) == 2
+    for shared, own in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(shared, own)
+    assert np.mean(together[1]) > np.mean(together[0]) > 0  # the perfect model gains most
