@@ -209,11 +209,9 @@ async def wake_on_new_runs(runner: Any, retry_seconds: float = 10.0) -> None:
     than at the runner's next poll (half a poll interval saved on average, on every run).
 
     Subscribes to the server's `prefect.flow-run.Scheduled` events (the websocket Prefect's
-    own automations read) and, on each, does what a poll does: the runner's
-    `_scheduled_run_poller._get_and_submit_flow_runs()` in the runner's event loop, which
-    starts only runs of its deployments that are due, once each. Polling goes on unchanged:
-    a lost connection is opened again after ``retry_seconds``, and meanwhile runs start at the
-    next poll, as without this.
+    own automations read); each asks ``_look_when_due`` for a look, which does what a poll
+    does. Polling goes on unchanged: a lost connection is opened again after
+    ``retry_seconds``, and meanwhile runs start at the next poll, as without this.
     """
     import asyncio
     import datetime
@@ -222,30 +220,50 @@ async def wake_on_new_runs(runner: Any, retry_seconds: float = 10.0) -> None:
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
     name = EventNameFilter(name=["prefect.flow-run.Scheduled"])
+    due = asyncio.Event()
+    looking = asyncio.create_task(_look_when_due(runner, due))
+    try:
+        while True:
+            try:
+                now = datetime.datetime.now(datetime.UTC)
+                since = EventOccurredFilter(since=now)  # no backfill of old events
+                async with get_events_subscriber(
+                    filter=EventFilter(event=name, occurred=since)
+                ) as events:
+                    async for _ in events:
+                        due.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the poll still starts every run; say why it is slower
+                log.warning(
+                    "not woken by flow-run events (%s: %s); runs start at the next poll, "
+                    "retrying in %.0f s",
+                    type(exc).__name__,
+                    exc,
+                    retry_seconds,
+                )
+            await asyncio.sleep(retry_seconds)
+    finally:
+        looking.cancel()
+
+
+async def _look_when_due(runner: Any, due: Any) -> None:
+    """One look for due runs per burst of events (the scheduler announces its runs for the
+    next hour at once): events that arrive during a look ask for one more, not one each.
+
+    A look is the runner's own poll, `_scheduled_run_poller._get_and_submit_flow_runs()`, in
+    the runner's event loop: it starts only due runs of its deployments, each once."""
     while True:
+        await due.wait()
+        due.clear()
+        poller = getattr(runner, "_scheduled_run_poller", None)
+        submit = getattr(poller, "_get_and_submit_flow_runs", None)
+        if submit is None:  # not started yet, or a Prefect without it: the poll does it
+            continue
         try:
-            now = datetime.datetime.now(datetime.UTC)
-            since = EventOccurredFilter(since=now)  # no backfill of old events
-            async with get_events_subscriber(
-                filter=EventFilter(event=name, occurred=since)
-            ) as events:
-                async for _ in events:
-                    poller = getattr(runner, "_scheduled_run_poller", None)
-                    submit = getattr(poller, "_get_and_submit_flow_runs", None)
-                    if submit is None:  # not started yet, or a Prefect without it: polling
-                        continue
-                    await submit()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the poll still starts every run; say why it is slower
-            log.warning(
-                "not woken by flow-run events (%s: %s); runs start at the next poll, "
-                "retrying in %.0f s",
-                type(exc).__name__,
-                exc,
-                retry_seconds,
-            )
-        await asyncio.sleep(retry_seconds)
+            await submit()
+        except Exception as exc:  # the poll loop goes on regardless, and looks again
+            log.warning("a look for due runs failed: %s: %s", type(exc).__name__, exc)
 
 
 def _flow_of(deployment: Any) -> tuple[Any, str]:

@@ -7,17 +7,15 @@ that was frozen out. Refused for a version never validated, and while promotions
 
 from __future__ import annotations
 
+from functools import partial
+
 from prefect import flow, get_run_logger
 
+from flows.serve_version import serve_version, served_outcome
 from tasks.config import load_params
-from tasks.deploy import check_deployment, deploy_model
-from tasks.image import check_image
-from tasks.journal import recover_interrupted
 from tasks.ledger import check_promotable
-from tasks.notify import RunOutcome, flow_run_link, notify
-from tasks.promote import begin_rollback, plan_rollback, switch_alias
-from tasks.services import failure_text, install_redaction, prefect_deadline
-from tasks.train import hold_training_lock, prepare_tracking
+from tasks.notify import RunOutcome
+from tasks.services import install_redaction
 
 
 @flow(name="promote")
@@ -34,51 +32,14 @@ def promote(
     """
     params = load_params(params_file)
     install_redaction()  # no credentials in any log line, Prefect's own included
-    name = params.registry.model_name
-    with prefect_deadline(params.timeouts), hold_training_lock(params):
-        prepare_tracking(params)
-        recover_interrupted(params)
-        plan = None
-        try:
-            check_promotable(params, version)
-            plan = plan_rollback(params, version)
-            check_image(plan.target.image, params)  # the recorded digest, before any change
-            begin_rollback(params, plan, check_deployment(params))
-            deployed = deploy_model(plan.target, params)  # reverts the cluster if it fails
-            switch_alias(params, plan)
-        except Exception as exc:
-            error = failure_text(exc, params)
-            if plan is not None:  # the cluster back as journaled; the alias never moved
-                try:
-                    recover_interrupted(params)
-                except Exception as incomplete:  # the journal stays open; say so as well
-                    error += f"\n{failure_text(incomplete, params)}"
-            notify(
-                RunOutcome(
-                    "failed",
-                    name,
-                    step="promote",
-                    error=error,
-                    flow_run=flow_run_link(),
-                    actor=actor or None,
-                ),
-                params,
-            )
-            raise
+    check = partial(check_promotable, params, version)  # validated once, and not frozen now
+    plan, deployed = serve_version(params, version, "promote", actor, check)
     get_run_logger().warning(
-        "%s promoted %s v%s (was v%s): %s", actor, name, version, plan.current, reason
-    )
-    outcome = RunOutcome(
-        "promoted",
-        name,
-        plan.target.data_md5,
-        plan.target.version,
+        "%s promoted %s v%s (was v%s): %s",
+        actor,
+        params.registry.model_name,
+        version,
         plan.current,
-        plan.target.run_id,
-        deploy=deployed.summary(),
-        flow_run=flow_run_link(),
-        error=reason,
-        actor=actor or None,
+        reason,
     )
-    notify(outcome, params)
-    return outcome
+    return served_outcome("promoted", params, plan, deployed, reason, actor)

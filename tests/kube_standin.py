@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -88,15 +89,15 @@ def strategic_merge(target: Any, patch: Any, field: str = "") -> Any:
         return out
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
+    merged: dict[str, Any] = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if key.startswith("$setElementOrder") or key == "$retainKeys":
             continue
         if value is None:
-            out.pop(key, None)
+            merged.pop(key, None)
         else:
-            out[key] = strategic_merge(out.get(key), value, key)
-    return out
+            merged[key] = strategic_merge(merged.get(key), value, key)
+    return merged
 
 
 def _pointer(path: str) -> list[str]:
@@ -221,7 +222,7 @@ class Cluster:
 
     # -- controller ----------------------------------------------------------------------------
     @staticmethod
-    def _matches(rule: str, images: list[str], notes: dict[str, str]) -> bool:
+    def _matches(rule: str, images: Sequence[str], notes: dict[str, str]) -> bool:
         key, eq, value = rule.partition("=")
         if eq and notes.get(key) == value:
             return True
@@ -429,7 +430,7 @@ def make_handler(cluster: Cluster) -> type[BaseHTTPRequestHandler]:
         def _handle(self, method: str) -> None:
             url = urlparse(self.path)
             path, query = url.path.rstrip("/") or "/", parse_qs(url.query)
-            body = self._body() if method in {"POST", "PATCH", "PUT"} else None
+            body: Any = self._body() if method in {"POST", "PATCH", "PUT"} else None
             with cluster.lock:
                 cluster.requests.append(
                     {

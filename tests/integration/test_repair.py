@@ -58,6 +58,12 @@ def wait_until(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
+def waiting_after_patch(requests: list[dict]) -> bool:
+    """Whether the Deployment was patched and then read (the rollout wait's first read)."""
+    methods = [r["method"] for r in requests if r["path"].endswith("/deployments/churn-model")]
+    return "PATCH" in methods and "GET" in methods[methods.index("PATCH") :]
+
+
 def running_version(kube) -> str | None:
     return deployment(kube).spec.template.metadata.annotations.get("ctflows.io/model-version")
 
@@ -131,11 +137,9 @@ def test_the_scheduled_repair_puts_right_a_served_run_killed_mid_deploy_within_a
             },
             timeout=0,
         )
-        wait_until(
-            lambda: any(r["method"] == "PATCH" for r in requests_seen(kube)[seen:]),
-            240,
-            "the deploy's patch",
-        )
+        # killed while its rollout wait hangs on the slowed read, not before that read: the
+        # slowed read would otherwise be this test's own
+        wait_until(lambda: waiting_after_patch(requests_seen(kube)[seen:]), 240, "the rollout")
         entry = read_journal(ws.params.registry.model_name)
         assert entry is not None and entry["flow_run"] == str(run.id)
         os.kill(entry["pid"], signal.SIGKILL)  # the served run's own process, mid-deploy
