@@ -74,7 +74,7 @@ def _scaling_rows() -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="rows per batch")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs of each (median kept)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs of each (median kept)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--state", type=Path, default=ROOT / ".ctflows" / "bench")
     parser.add_argument("--plain-from", type=Path, help="reuse plain_cold of this results file")

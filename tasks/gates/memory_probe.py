@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = argv or sys.argv[1:]
     if args and args[0] == "--serve":
-        os.nice(10)  # imports on the CPU the run leaves idle, not on its training's
+        os.nice(19)  # imports on the CPU the run leaves idle, not on its training's
         for module in ["tasks.gates.evidence", "psutil", *args[1:]]:
             with contextlib.suppress(ImportError):  # loading the model names what is missing
                 importlib.import_module(module)
@@ -79,3 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    # the answer is out: skip the interpreter's teardown of pandas, scikit-learn and LightGBM
+    # (0.3 s here), which the gate would otherwise wait for
+    os._exit(0)
