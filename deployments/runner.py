@@ -35,6 +35,7 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import signal
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -189,19 +190,35 @@ def serve_deployments(deployments: Sequence[Any], poll_seconds: float | None = N
     use_forkserver(tuple(dict.fromkeys([*modules, *PRELOAD])))
     try:
         asyncio.run(_start_with_wake(runner))
-    except (KeyboardInterrupt, TerminationSignal) as exc:
+    except (KeyboardInterrupt, TerminationSignal, asyncio.CancelledError) as exc:
         log.info("received %s, shutting down", type(exc).__name__)
 
 
 async def _start_with_wake(runner: Any) -> None:
-    """``runner.start()``, with ``wake_on_new_runs`` alongside for as long as it serves."""
+    """``runner.start()``, with ``wake_on_new_runs`` alongside for as long as it serves.
+
+    SIGTERM cancels this task, and so the runner, between two steps of the event loop.
+    Prefect's own handler raises SystemExit from inside whatever code runs at that moment:
+    when that was a run being started, the runner caught it as a failed start and went on
+    serving, and the process never ended (seen in a test's teardown)."""
     import asyncio
 
+    loop, main = asyncio.get_running_loop(), asyncio.current_task()
+    assert main is not None
+
+    def stop(*_: Any) -> None:  # in the signal handler: only schedule the cancellation
+        log.info("SIGTERM received, stopping the runner")
+        loop.call_soon_threadsafe(main.cancel)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    runner.handle_sigterm = stop  # what Runner.start() installs for SIGTERM
     wake = asyncio.create_task(wake_on_new_runs(runner))
     try:
         await runner.start()
     finally:
         wake.cancel()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)  # the loop ends: ours no longer applies
 
 
 async def wake_on_new_runs(runner: Any, retry_seconds: float = 10.0) -> None:

@@ -100,6 +100,20 @@ def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api
         assert any("promoted" in text for text in workspace.slack.texts())
         assert seen, "no flow-run process was forked from the fork server"
         assert "flow runs start by forkserver" in log.read_text()
+
+        # SIGTERM while the runner is starting a run: it must still stop (Prefect's own
+        # handler raised SystemExit inside the run's start, which swallowed it)
+        with get_client(sync_client=True) as client:
+            late = client.create_flow_run_from_deployment(
+                manual.id, parameters={"rev": rev, "params_file": str(workspace.params_file)}
+            )
+            time.sleep(0.2)  # woken at once: the start is under way now
+            serve.terminate()
+            try:
+                serve.wait(timeout=60)
+            finally:
+                client.delete_flow_run(late.id)  # no later served test may pick it up
+        assert "SIGTERM received, stopping the runner" in log.read_text()
     finally:
         stop.set()
         watcher.join()
