@@ -98,9 +98,18 @@ def _load_suite(file: _SuiteFile) -> Any:
 def _batch_definition() -> Any:
     """One ephemeral GX context per process (no data docs, no files): built once, reused."""
     import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
-    context = gx.get_context(mode="ephemeral")
+    # GX's default ephemeral context names a temporary docs site (and logs its path); ctflows
+    # never builds data docs, so the context has no site at all.
+    stores = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
+    context = gx.get_context(
+        project_config=DataContextConfig(store_backend_defaults=stores), mode="ephemeral"
+    )
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     asset = context.data_sources.add_pandas("ctflows").add_dataframe_asset("batch")
     return asset.add_batch_definition_whole_dataframe("whole-batch")

@@ -96,3 +96,16 @@ def test_a_missing_suite_is_a_config_error(tmp_path, batch):
     params = small_params(tmp_path, validate={"suite": str(tmp_path / "nope.json")})
     with pytest.raises(ConfigError, match=r"nope\.json does not exist"):
         validate_batch(batch, params)
+
+
+def test_validation_configures_no_data_docs_site(params, batch, caplog):
+    """Validation builds no data docs: its GX context names no docs site, temporary or not."""
+    from tasks import validate
+
+    validate._batch_definition.cache_clear()
+    with caplog.at_level("INFO", logger="great_expectations"):
+        result = validate_batch(batch, params)
+    assert result.success, result.summary()
+    context = validate._batch_definition().data_asset.datasource.data_context
+    assert context.variables.data_docs_sites == {}
+    assert not [r for r in caplog.records if "docs site" in r.getMessage()]
