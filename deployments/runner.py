@@ -200,14 +200,22 @@ async def _start_with_wake(runner: Any) -> None:
     SIGTERM cancels this task, and so the runner, between two steps of the event loop.
     Prefect's own handler raises SystemExit from inside whatever code runs at that moment:
     when that was a run being started, the runner caught it as a failed start and went on
-    serving, and the process never ended (seen in a test's teardown)."""
+    serving, and the process never ended (seen in a test's teardown).
+
+    From SIGTERM on, no new run starts: the runner's shutdown pauses its deployments and
+    waits for the runs it already started, and its poll (and the wake) went on starting
+    runs meanwhile — for a minute in CI, while a SQLite-backed server held its write lock."""
     import asyncio
 
     loop, main = asyncio.get_running_loop(), asyncio.current_task()
     assert main is not None
 
-    def stop(*_: Any) -> None:  # in the signal handler: only schedule the cancellation
-        log.info("SIGTERM received, stopping the runner")
+    def stop(*_: Any) -> None:  # in the signal handler (the loop's thread, between steps)
+        log.info("SIGTERM received, stopping the runner: runs already started finish")
+        runner.stopping = True  # what Runner.astop() sets: polls and wakes start nothing
+        poller = getattr(runner, "_scheduled_run_poller", None)
+        if poller is not None:
+            poller.stopping = True
         loop.call_soon_threadsafe(main.cancel)
 
     previous = signal.getsignal(signal.SIGTERM)

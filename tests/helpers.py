@@ -50,6 +50,12 @@ def small_params(folder: Path, **overrides: dict[str, Any]) -> Params:
     return load_params(write_params(folder, **overrides))
 
 
+# How long a test waits for `deployments.serve` to end after SIGTERM. The runner lets runs it
+# started finish and pauses its deployments first; a SQLite-backed Prefect server can stall
+# every write for its 60 s busy timeout meanwhile (seen in CI: an internal write-lock wait).
+STOP_SECONDS = 180
+
+
 def served_deployment(name: str, params_file: Path | None = None) -> Any | None:
     """Deployment ``name`` as registered on the Prefect server (``PREFECT_API_URL``), or None;
     with ``params_file``, only if it serves that file (an earlier test's `deployments.serve`

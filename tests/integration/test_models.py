@@ -14,7 +14,7 @@ import yaml
 
 from deployments.server import free_port
 from tasks.data import make_batch, publish_batch
-from tests.helpers import ROOT, served_deployment, store
+from tests.helpers import ROOT, STOP_SECONDS, served_deployment, store
 from tests.integration.test_cli import as_json, ctflows
 
 
@@ -165,7 +165,7 @@ def test_two_models_keep_their_own_deployments_and_champions(workspace):
         assert unknown[0] == 422 and "no model trains on" in unknown[1]["error"]
     finally:
         proc.terminate()
-        proc.wait(timeout=60)
+        proc.wait(timeout=STOP_SECONDS)
     for model in ("churn", "upsell"):
         assert results[model]["state"] == "COMPLETED"
         assert results[model]["decision"]["kind"] == "promoted"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import ROOT, served_deployment
+from tests.helpers import ROOT, STOP_SECONDS, served_deployment
 from tests.integration import test_deploy_cluster as cluster_tests
 from tests.integration.test_continuous_training import champion_version
 from tests.integration.test_deploy_cluster import (
@@ -46,7 +46,7 @@ def serving(ws, prefect_api: str, log: Path) -> Iterator[subprocess.Popen]:
         yield proc
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=STOP_SECONDS)
 
 
 def wait_until(predicate, timeout: float, what: str) -> float:

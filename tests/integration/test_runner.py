@@ -12,8 +12,8 @@ import psutil
 import yaml
 from prefect.client.orchestration import get_client
 
-from deployments.definitions import TRAINING_FLOW, model_deployment
-from tests.helpers import ROOT, served_deployment
+from deployments.definitions import REPAIR_FLOW, TRAINING_FLOW, model_deployment
+from tests.helpers import ROOT, STOP_SECONDS, served_deployment
 
 
 def _forked_run_seen(serve: psutil.Process, stop: threading.Event, seen: list[int]) -> None:
@@ -47,6 +47,7 @@ def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api
     """A run created on the server starts at once, forked from the preloaded server: the
     runner polls only every 60 s here, so only the flow-run event can wake it in time."""
     rev = workspace.land_day(1, 3_000)
+    rev2 = workspace.land_day(2, 3_000)
     raw = yaml.safe_load(workspace.params_file.read_text())
     raw["triggers"]["poll_seconds"] = 60
     workspace.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -102,20 +103,33 @@ def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api
         assert "flow runs start by forkserver" in log.read_text()
 
         # SIGTERM while the runner is starting a run: it must still stop (Prefect's own
-        # handler raised SystemExit inside the run's start, which swallowed it)
+        # handler raised SystemExit inside the run's start, which swallowed it). A run
+        # already started finishes; a run created after SIGTERM is not started.
+        repair = served_deployment(
+            f"{REPAIR_FLOW}/{model_deployment(model, 'scheduled')}", workspace.params_file
+        )
+        assert repair is not None
         with get_client(sync_client=True) as client:
             late = client.create_flow_run_from_deployment(
-                manual.id, parameters={"rev": rev, "params_file": str(workspace.params_file)}
+                manual.id, parameters={"rev": rev2, "params_file": str(workspace.params_file)}
             )
             time.sleep(0.2)  # woken at once: the start is under way now
             serve.terminate()
+            after = client.create_flow_run_from_deployment(repair.id)
             try:
-                serve.wait(timeout=60)
+                serve.wait(timeout=STOP_SECONDS)
+                late_state = client.read_flow_run(late.id).state
+                after_state = client.read_flow_run(after.id).state
             finally:
-                client.delete_flow_run(late.id)  # no later served test may pick it up
+                for left in (late, after):  # no later served test may pick them up
+                    client.delete_flow_run(left.id)
         assert "SIGTERM received, stopping the runner" in log.read_text()
+        assert after_state is not None and after_state.is_scheduled(), after_state
+        assert late_state is not None
+        tail = log.read_text()[-3000:]
+        assert late_state.is_scheduled() or late_state.is_completed(), (late_state, tail)
     finally:
         stop.set()
         watcher.join()
         serve.terminate()
-        serve.wait(timeout=30)
+        serve.wait(timeout=STOP_SECONDS)

@@ -18,7 +18,7 @@ from deployments.build import render
 from deployments.server import free_port
 from deployments.webhook import sign
 from tasks.config import load_params
-from tests.helpers import ROOT
+from tests.helpers import ROOT, STOP_SECONDS
 
 SECRET = "test-secret-not-for-production"
 
@@ -108,7 +108,7 @@ def served(workspace, prefect_api, tmp_path):
         yield f"http://{HOST}:{port}/hooks/data-landed"
     finally:
         serve.terminate()
-        serve.wait(timeout=30)
+        serve.wait(timeout=STOP_SECONDS)
         logs.close()
 
 
@@ -338,4 +338,4 @@ def test_serve_without_a_webhook_secret_serves_the_rest_and_says_why(
         assert any("promoted" in t for t in ws.slack.texts())
     finally:
         serve.terminate()
-        serve.wait(timeout=30)
+        serve.wait(timeout=STOP_SECONDS)
