@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,18 @@ def store(params: Params) -> Any:
 
 def small_params(folder: Path, **overrides: dict[str, Any]) -> Params:
     return load_params(write_params(folder, **overrides))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.5) -> Any:
+    """``predicate()``'s first truthy value, looked at every ``step`` seconds; AssertionError
+    naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 # How long a test waits for `deployments.serve` to end after SIGTERM. The runner lets runs it

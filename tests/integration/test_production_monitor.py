@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from deployments.serving.app import create_app
 from deployments.serving.inference_log import LogConfig
 from tasks.data import make_batch
-from tests.integration.test_triggers import flow_runs_of, served, wait_for  # noqa: F401
+from tests.helpers import wait_for
+from tests.integration.test_triggers import flow_runs_of, served  # noqa: F401
 
 
 def serve_traffic(params, version: str, batch: pd.DataFrame, monkeypatch) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import ROOT, STOP_SECONDS, served_deployment
+from tests.helpers import ROOT, STOP_SECONDS, served_deployment, wait_for
 from tests.integration import test_deploy_cluster as cluster_tests
 from tests.integration.test_continuous_training import champion_version
 from tests.integration.test_deploy_cluster import (
@@ -47,15 +47,6 @@ def serving(ws, prefect_api: str, log: Path) -> Iterator[subprocess.Popen]:
     finally:
         proc.terminate()
         proc.wait(timeout=STOP_SECONDS)
-
-
-def wait_until(predicate, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
-    return time.monotonic() - started
 
 
 def waiting_after_patch(requests: list[dict]) -> bool:
@@ -94,7 +85,7 @@ def test_a_served_process_repairs_a_half_done_promotion_before_it_serves(
 
     log = tmp_path / "serve.log"
     with serving(ws, prefect_api, log) as proc:
-        wait_until(lambda: "serving " in log.read_text(), 180, "serving")
+        wait_for(lambda: "serving " in log.read_text(), 180, "serving")
         assert proc.poll() is None
         said = log.read_text()
     assert "repair at start: an earlier run died" in said, said[-3000:]
@@ -121,13 +112,13 @@ def test_the_scheduled_repair_puts_right_a_served_run_killed_mid_deploy_within_a
 
     log = tmp_path / "serve.log"
     with serving(ws, prefect_api, log):
-        wait_until(lambda: "serving " in log.read_text(), 180, "serving")
+        wait_for(lambda: "serving " in log.read_text(), 180, "serving")
         assert "repair at start: nothing to repair" in log.read_text()
         seen = len(requests_seen(kube))
         inject(kube, method="GET", path="/deployments/churn-model", delay=60, count=1, skip=2)
         manual = "continuous-training/churn-classifier-manual"
         # the name may still be registered by an earlier test's served process: wait for ours
-        wait_until(lambda: served_deployment(manual, ws.params_file), 60, "the served deployment")
+        wait_for(lambda: served_deployment(manual, ws.params_file), 60, "the served deployment")
         run = run_deployment(
             manual,
             parameters={
@@ -139,19 +130,19 @@ def test_the_scheduled_repair_puts_right_a_served_run_killed_mid_deploy_within_a
         )
         # killed while its rollout wait hangs on the slowed read, not before that read: the
         # slowed read would otherwise be this test's own
-        wait_until(lambda: waiting_after_patch(requests_seen(kube)[seen:]), 240, "the rollout")
+        wait_for(lambda: waiting_after_patch(requests_seen(kube)[seen:]), 240, "the rollout")
         entry = read_journal(ws.params.registry.model_name)
         assert entry is not None and entry["flow_run"] == str(run.id)
         os.kill(entry["pid"], signal.SIGKILL)  # the served run's own process, mid-deploy
         killed = time.monotonic()
         assert journal_open(ws) and running_version(kube) == "2"  # the crash left it half-done
 
-        wait_until(lambda: not journal_open(ws) and running_version(kube) == "1", 180, "the repair")
+        wait_for(lambda: not journal_open(ws) and running_version(kube) == "1", 180, "the repair")
         took = time.monotonic() - killed
         # the runner marks the run Crashed; the next repair (every 10 s here) applies its
         # journal without waiting for the dead run's training slot (a 60 s lease) to free
         assert took < 60, f"repaired {took:.0f} s after the kill"
-        wait_until(lambda: any("recovered" in t for t in ws.slack.texts()), 30, "the notice")
+        wait_for(lambda: any("recovered" in t for t in ws.slack.texts()), 30, "the notice")
         with get_client(sync_client=True) as client:
             state = client.read_flow_run(run.id).state
         assert state is not None and state.type.value == "CRASHED"

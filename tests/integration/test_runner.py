@@ -13,7 +13,7 @@ import yaml
 from prefect.client.orchestration import get_client
 
 from deployments.definitions import REPAIR_FLOW, TRAINING_FLOW, model_deployment
-from tests.helpers import ROOT, STOP_SECONDS, served_deployment
+from tests.helpers import ROOT, STOP_SECONDS, served_deployment, wait_for
 
 
 def _forked_run_seen(serve: psutil.Process, stop: threading.Event, seen: list[int]) -> None:
@@ -31,16 +31,6 @@ def _forked_run_seen(serve: psutil.Process, stop: threading.Event, seen: list[in
         except psutil.Error:
             pass
         stop.wait(0.05)
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api, tmp_path):
@@ -72,10 +62,10 @@ def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api
         with get_client(sync_client=True) as client:
             model = workspace.params.registry.model_name
             name = f"{TRAINING_FLOW}/{model_deployment(model, 'manual')}"
-            manual = _wait(
+            manual = wait_for(
                 lambda: served_deployment(name, workspace.params_file), 180, "the deployments"
             )
-            _wait(lambda: "flow runs start from" in log.read_text(), 60, "the runner to start")
+            wait_for(lambda: "flow runs start from" in log.read_text(), 60, "the runner to start")
             time.sleep(3)  # past the runner's first poll: the next one is a minute away
             run = client.create_flow_run_from_deployment(
                 manual.id,
@@ -87,14 +77,14 @@ def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api
                 state = client.read_flow_run(run.id).state
                 return state if state and (state.is_running() or state.is_final()) else None
 
-            _wait(running, 30, "the served run to start")
+            wait_for(running, 30, "the served run to start", step=0.2)
             started_after = time.monotonic() - created
 
             def final():
                 state = client.read_flow_run(run.id).state
                 return state if state and state.is_final() else None
 
-            state = _wait(final, 300, "the served run to finish")
+            state = wait_for(final, 300, "the served run to finish")
         assert state.is_completed(), (state, log.read_text()[-2000:])
         assert started_after < 15, f"Running {started_after:.1f} s after creation: not woken"
         assert "not woken by flow-run events" not in log.read_text()

@@ -18,7 +18,7 @@ from deployments.build import render
 from deployments.server import free_port
 from deployments.webhook import sign
 from tasks.config import load_params
-from tests.helpers import ROOT, STOP_SECONDS
+from tests.helpers import ROOT, STOP_SECONDS, wait_for
 
 SECRET = "test-secret-not-for-production"
 
@@ -39,16 +39,6 @@ def signed(body: bytes, ts: int | None = None, secret: str = SECRET) -> dict[str
         "X-Ctflows-Timestamp": stamp,
         "X-Ctflows-Signature": sign(secret, stamp, body),
     }
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 SINCE: dict[str, float] = {"t": 0.0}  # runs of earlier tests on the shared server are ignored
