@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.config import ConfigError, Params, load_params
+from tasks.errors import CtflowsError, ErrorKind
 
 MODELS_DIR = "models.d"
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-class UnknownModel(LookupError):
+class UnknownModel(CtflowsError, LookupError):
     """A model name the installation does not declare; the message lists the known ones."""
+
+    kind = ErrorKind.BAD_INPUT
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name, self.known = name, known

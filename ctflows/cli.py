@@ -151,39 +151,29 @@ def dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from ctflows.catalog import UnknownModel
-    from ctflows.operate import Refused, Unavailable
-    from tasks.config import ConfigError
+    from tasks.errors import CtflowsError
 
     try:
         return dispatch(args)
-    except (UnknownModel, Refused, ConfigError) as exc:
-        return fail(args, EXIT_REFUSED, str(exc))
-    except Unavailable as exc:
-        return fail(args, EXIT_UNAVAILABLE, str(exc))
     except KeyboardInterrupt:
         return fail(args, 130, "interrupted")
+    except CtflowsError as exc:
+        return fail(args, exit_code(exc), str(exc))
     except Exception as exc:
         from tasks.services import redact
 
-        return fail(args, classify(exc), redact(f"{type(exc).__name__}: {exc}"))
+        return fail(args, exit_code(exc), redact(f"{type(exc).__name__}: {exc}"))
 
 
-def classify(exc: BaseException) -> int:
-    """Exit code of an unexpected error: services that did not answer are 3, else 1."""
-    from tasks.cluster import DeployError, RolloutFailed
-    from tasks.services import ServiceUnavailable
-    from tasks.train import TrackingError
+def exit_code(exc: BaseException) -> int:
+    """The exit code of an error, by its kind (tasks.errors): the one place they are mapped."""
+    from tasks.errors import ErrorKind, kind_of
 
-    if isinstance(exc, RolloutFailed):
-        return EXIT_FAILED
-    unavailable = ServiceUnavailable | TrackingError | DeployError | ConnectionError | TimeoutError
-    if isinstance(exc, unavailable):
-        return EXIT_UNAVAILABLE
-    name = type(exc).__name__
-    if "Connect" in name or "Timeout" in name:
-        return EXIT_UNAVAILABLE
-    return EXIT_FAILED
+    return {
+        ErrorKind.BAD_INPUT: EXIT_REFUSED,
+        ErrorKind.FAILED: EXIT_FAILED,
+        ErrorKind.UNAVAILABLE: EXIT_UNAVAILABLE,
+    }[kind_of(exc)]
 
 
 if __name__ == "__main__":

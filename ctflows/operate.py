@@ -15,6 +15,7 @@ from typing import Any
 
 from ctflows.catalog import Model, deployment_name
 from ctflows.status import use_tracking
+from tasks.errors import CtflowsError, ErrorKind
 from tasks.ledger import (
     Freeze,
     clear_freeze,
@@ -26,12 +27,16 @@ from tasks.ledger import (
 )
 
 
-class Refused(ValueError):
+class Refused(CtflowsError, ValueError):
     """The request cannot be carried out as asked; nothing was changed."""
 
+    kind = ErrorKind.BAD_INPUT
 
-class Unavailable(RuntimeError):
+
+class Unavailable(CtflowsError, RuntimeError):
     """A service the command needs did not answer, or is not configured."""
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 def _outcome_dict(outcome: Any) -> dict[str, Any]:

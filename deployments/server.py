@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import CtflowsError
 
-class ServerError(RuntimeError):
+
+class ServerError(CtflowsError, RuntimeError):
     """The Prefect server did not start or did not answer."""
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import Params
+from tasks.errors import CtflowsError, ErrorKind
 
 log = logging.getLogger("ctflows.webhook")
 PATH = "/hooks/data-landed"
@@ -45,8 +46,10 @@ _SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}", re.ASCII)
 RERUNNABLE = frozenset({"FAILED", "CRASHED", "CANCELLED"})
 
 
-class WebhookError(Exception):
+class WebhookError(CtflowsError):
     """A refused request: ``status`` is the HTTP status, the message says why."""
+
+    kind = ErrorKind.BAD_INPUT
 
     def __init__(self, status: int, message: str) -> None:
         self.status = status
@@ -250,8 +253,10 @@ def parse_body(body: bytes) -> Landed:
     return Landed(data["path"], data["rev"], md5, model)
 
 
-class NoSecret(RuntimeError):
+class NoSecret(CtflowsError, RuntimeError):
     """Neither the environment variable nor the Prefect Secret block holds a webhook secret."""
+
+    kind = ErrorKind.BAD_INPUT
 
 
 def webhook_secret(params: Params) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tasks.config import DeployParams, Params
+from tasks.errors import CtflowsError, ErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,16 @@ RETRYABLE = {409, 429, 500, 502, 503, 504}
 T = TypeVar("T")
 
 
-class DeployError(RuntimeError):
+class DeployError(CtflowsError, RuntimeError):
     """The Deployment could not be read or patched; the message names the cause."""
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 class RolloutFailed(DeployError):
     """The new pods did not become available; the Deployment was put back as it was."""
+
+    kind = ErrorKind.FAILED
 
     def __init__(self, deployment: str, reason: str, reverted_to: str | None = None) -> None:
         self.deployment, self.reason, self.reverted_to = deployment, reason, reverted_to

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.config import Params
 from tasks.data import DataError, DataVersion, check_columns, split_holdout
+from tasks.errors import CtflowsError
 from tasks.validate import Failure, ValidationResult
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ LIGHTGBM_DASK = {
 }
 
 
-class DaskEngineError(RuntimeError):
+class DaskEngineError(CtflowsError, RuntimeError):
     """The Dask cluster cannot be reached or failed during the work; names which and why."""
 
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tasks.errors import CtflowsError
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -34,7 +36,7 @@ DAY_SECONDS = 86_400
 MAX_WINDOW = 100  # versions in one training window: what one MLflow lineage tag can list
 
 
-class DataError(RuntimeError):
+class DataError(CtflowsError, RuntimeError):
     """The requested data version cannot be found, fetched or read."""
 
 

@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, packages_distributions, ver
 from typing import TYPE_CHECKING, Any
 
 from tasks.config import Params
+from tasks.errors import CtflowsError, ErrorKind
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,8 +34,10 @@ SCALED_FAMILIES = (
 BASE_REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "cloudpickle")
 
 
-class EstimatorError(ValueError):
+class EstimatorError(CtflowsError, ValueError):
     """``train.estimator`` cannot be used for ``train.task``; the message says why."""
+
+    kind = ErrorKind.BAD_INPUT
 
 
 def estimator_class(path: str) -> type[Any]:

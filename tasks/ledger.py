@@ -22,6 +22,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.config import Params
+from tasks.errors import CtflowsError, ErrorKind
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -233,8 +234,10 @@ def check_freeze(params: Params) -> Freeze | None:
     return freeze
 
 
-class NotPromotable(ValueError):
+class NotPromotable(CtflowsError, ValueError):
     """A version an operator asked to promote that must not be: the message says why."""
+
+    kind = ErrorKind.BAD_INPUT
 
 
 def registered_versions(params: Params) -> list[str]:

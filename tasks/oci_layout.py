@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import CtflowsError
 from tasks.registry import MANIFEST_TYPES, Reference, Registry
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 LABEL = "ctflows.io/"
 
 
-class ImageError(RuntimeError):
+class ImageError(CtflowsError, RuntimeError):
     """The model image could not be built, pushed or found; the message names the cause."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tasks.config import ImageParams
+from tasks.errors import CtflowsError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +45,7 @@ HTTP_REASONS = {s.value: s.phrase for s in HTTPStatus}
 ACCEPT = ", ".join(sorted(INDEX_TYPES | MANIFEST_TYPES))
 
 
-class RegistryError(RuntimeError):
+class RegistryError(CtflowsError, RuntimeError):
     """The registry refused, failed or did not answer; the message names it and the cause."""
 
     def __init__(self, registry: str, cause: str) -> None:

@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from tasks.errors import CtflowsError, ErrorKind
+
 if TYPE_CHECKING:
     from tasks.gates.evidence import Evidence
 
@@ -14,11 +16,13 @@ Decision = Literal["promote", "reject"]
 Status = Literal["passed", "failed", "skipped"]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(CtflowsError, ValueError):
     """The holdout or a model cannot be evaluated; the message names the cause."""
 
+    kind = ErrorKind.BAD_INPUT
 
-class GateError(RuntimeError):
+
+class GateError(CtflowsError, RuntimeError):
     """A gate could not measure (it raised, or its measurement was disturbed).
 
     Not a decision: the run fails with this error and can be run again."""
@@ -31,7 +35,7 @@ class GateError(RuntimeError):
         )
 
 
-class GateRejected(RuntimeError):
+class GateRejected(CtflowsError, RuntimeError):
     """Raised only when the policy says a rejection fails the run."""
 
     def __init__(self, report: GateReport) -> None:

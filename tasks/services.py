@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from tasks.config import Params, TimeoutsParams
+from tasks.errors import CtflowsError, ErrorKind
 
 T = TypeVar("T")
 
@@ -44,8 +45,10 @@ def redact(text: str) -> str:
     return _SLACK_HOOK.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
 
 
-class ServiceUnavailable(RuntimeError):
+class ServiceUnavailable(CtflowsError, RuntimeError):
     """An external service did not answer within its deadline, or refused the connection."""
+
+    kind = ErrorKind.UNAVAILABLE
 
     def __init__(self, service: str, address: str, cause: str, deadline: float | None = None):
         self.service, self.address = service, redact(address)

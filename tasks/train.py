@@ -22,6 +22,7 @@ from prefect.cache_policies import NONE
 
 from tasks.config import Params, load_params
 from tasks.data import DataVersion, read_batch, read_version, split_holdout
+from tasks.errors import CtflowsError, ErrorKind
 from tasks.estimators import (  # re-exported: the estimator code moved to tasks.estimators
     build_pipeline,
     make_estimator,
@@ -41,8 +42,10 @@ __all__ = ["build_pipeline", "make_estimator", "train_model"]  # from tasks.esti
 LEASE_SECONDS = 60
 
 
-class TrackingError(RuntimeError):
+class TrackingError(CtflowsError, RuntimeError):
     """The MLflow tracking store or registry cannot be reached or written."""
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 @dataclass(frozen=True)

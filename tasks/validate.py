@@ -16,6 +16,7 @@ from prefect.cache_policies import NONE
 
 from tasks.config import ConfigError, Params, load_params
 from tasks.data import DataVersion, read_batch, read_version
+from tasks.errors import CtflowsError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +51,7 @@ class ValidationResult:
         return f"{len(self.failures)} of {self.evaluated} expectations failed: {shown}{more}"
 
 
-class DataValidationError(RuntimeError):
+class DataValidationError(CtflowsError, RuntimeError):
     """The batch broke its data contract; training did not start."""
 
     def __init__(self, result: ValidationResult, md5: str = "") -> None:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from tasks.errors import CtflowsError, ErrorKind
+
 if TYPE_CHECKING:
     pass
 
@@ -28,8 +30,10 @@ MetricName = Literal[
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(CtflowsError, ValueError):
     """``params.yaml`` is missing, unreadable or invalid; the message names the key."""
+
+    kind = ErrorKind.BAD_INPUT
 
 
 class _Section(BaseModel):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from tasks.errors import CtflowsError, ErrorKind
 from tasks.gates.base import BaseGate
 from tasks.reports import EvaluationError, GateError, GateResult
 
@@ -22,8 +23,10 @@ if TYPE_CHECKING:
 NOT_GATES = {"base", "evidence", "registry", "memory_probe"}
 
 
-class GateLoadError(ValueError):
+class GateLoadError(CtflowsError, ValueError):
     """A gate in params cannot be used: bad import path, not a gate, invalid params."""
+
+    kind = ErrorKind.BAD_INPUT
 
 
 @functools.cache
