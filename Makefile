@@ -39,8 +39,9 @@ test-unit: $(STAMP)  ## unit tests only (seconds, no servers)
 test-integration: $(STAMP) registry-tools  ## integration tests only
 	$(PY) -m pytest tests/integration
 
-bench: $(STAMP) registry-tools  ## served-run speed and memory targets -> bench/results.json, README, scaling.png
+bench: $(STAMP) registry-tools  ## served-run speed and memory targets -> bench/results.json, README, docs, scaling.png
 	$(PY) -m bench.run
+	$(PY) -m scripts.gen_docs
 
 lint: $(STAMP)  ## ruff and mypy, as before every commit
 	$(VENV)/bin/ruff check .

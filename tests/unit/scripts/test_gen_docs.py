@@ -60,7 +60,7 @@ class _Top(BaseModel):
 
 
 def test_the_walk_reads_type_default_and_meaning_from_the_model():
-    text = render_params(list(walk(_Top, "", None)))
+    text = render_params(list(walk(_Top, "", None)), "_Top")
     assert "## `section`\n\nA section, introduced by its docstring." in text
     rows = {line.split("`")[1]: line for line in text.splitlines() if line.startswith("| `")}
     assert rows["section.mode"] == (
