@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help demo test test-unit test-integration bench lint format ui serve lock clean registry-tools
+.PHONY: help demo test test-unit test-integration bench lint format docs ui serve lock clean registry-tools
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -39,8 +39,9 @@ test-unit: $(STAMP)  ## unit tests only (seconds, no servers)
 test-integration: $(STAMP) registry-tools  ## integration tests only
 	$(PY) -m pytest tests/integration
 
-bench: $(STAMP) registry-tools  ## served-run speed and memory targets -> bench/results.json, README, scaling.png
+bench: $(STAMP) registry-tools  ## served-run speed and memory targets -> bench/results.json, README, docs, scaling.png
 	$(PY) -m bench.run
+	$(PY) -m scripts.gen_docs
 
 lint: $(STAMP)  ## ruff and mypy, as before every commit
 	$(VENV)/bin/ruff check .
@@ -50,6 +51,10 @@ lint: $(STAMP)  ## ruff and mypy, as before every commit
 format: $(STAMP)  ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+docs: $(STAMP)  ## the docs site -> build/site: references regenerated from the code, mkdocs build --strict
+	$(PY) -m scripts.gen_docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 ui: $(STAMP)  ## MLflow UI on :5000 and Prefect UI on :4200, over what the demo produced
 	@echo "MLflow  http://127.0.0.1:5000   Prefect  http://127.0.0.1:4200   (Ctrl-C stops both)"
