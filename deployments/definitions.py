@@ -42,6 +42,8 @@ class DeploymentSpec:
     concurrency_limit: int | None = 1
     interval_seconds: int | None = None
     collision_strategy: str = "ENQUEUE"  # or CANCEL_NEW: a late tick is dropped, not queued
+    # triggers of the work-pool deployment only (prefect.yaml): served, the process does it
+    pool_triggers: tuple[dict[str, Any], ...] = ()
 
     @property
     def full_name(self) -> str:
@@ -150,15 +152,40 @@ def deployment_specs(
             collision_strategy="CANCEL_NEW",
         ),
         DeploymentSpec(
-            model_deployment(model, "scheduled"),
+            model,
             REPAIR_FLOW,
             REPAIR_ENTRYPOINT,
-            "Finish undoing a promotion or rollback that a killed run left half-done.",
+            "Finish undoing a promotion or rollback that a killed run left half-done. Started "
+            "by the served process when a journal is stale (deployments/repair_watch.py), by a "
+            f"crashed run with a work pool, or by hand: prefect deployment run '{REPAIR_FLOW}/"
+            f"{model}'.",
             parameters=base,
-            interval_seconds=params.triggers.repair_seconds,
             collision_strategy="CANCEL_NEW",
+            pool_triggers=(repair_on_crash(model, params_file),),
         ),
     ]
+
+
+def repair_on_crash(model: str, params_file: str) -> dict[str, Any]:
+    """With a work pool no ctflows process lives between runs to watch the journals: a run
+    of the model's training, rollback or promote deployments that crashes starts a repair."""
+    journaling = [model_deployment(model, k) for k in ("scheduled", DATA_LANDED, "manual")]
+    return {
+        "type": "event",
+        "enabled": True,
+        "posture": "Reactive",
+        "threshold": 1,
+        "within": 0,
+        "expect": ["prefect.flow-run.Crashed"],
+        "match_related": [
+            {
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": [TRAINING_FLOW, ROLLBACK_FLOW, PROMOTE_FLOW],
+            },
+            {"prefect.resource.role": "deployment", "prefect.resource.name": [*journaling, model]},
+        ],
+        "parameters": {"params_file": params_file},
+    }
 
 
 def _schedules(spec: DeploymentSpec) -> list[dict[str, Any]]:
@@ -181,8 +208,8 @@ def prefect_yaml(specs: list[DeploymentSpec]) -> dict[str, Any]:
             "work_pool": {"name": WORK_POOL},
             "schedules": _schedules(spec),
         }
-        if spec.triggers:
-            entry["triggers"] = [dict(t) for t in spec.triggers]
+        if spec.triggers or spec.pool_triggers:
+            entry["triggers"] = [dict(t) for t in (*spec.triggers, *spec.pool_triggers)]
         if spec.concurrency_limit:
             entry["concurrency_limit"] = {
                 "limit": spec.concurrency_limit,

@@ -8,7 +8,9 @@ manual deployment, the drift monitor, the repair) and runs their flow runs from 
 `--server` starts a Prefect server on loopback first (state in the params' state dir) when no
 PREFECT_API_URL is set; `--webhook-port` also starts the signed-webhook receiver on `--host`,
 unless no webhook secret is configured: then everything else is served and the receiver is off.
-Before serving, flow `repair` finishes undoing any promotion a killed run left half-done.
+Before serving, flow `repair` finishes undoing any promotion a killed run left half-done; while
+serving, a thread looks for a stale journal every `triggers.repair_seconds` and starts
+`repair/<model>` only for one (deployments/repair_watch.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from deployments.definitions import DeploymentSpec, project_specs
+from deployments.definitions import REPAIR_FLOW, DeploymentSpec, project_specs
 from deployments.server import prefect_server, runtime_settings
 from tasks.config import load_params
 
@@ -94,7 +96,7 @@ def repair_at_start(params_file: str) -> None:
     """Flow `repair` once, before anything is served: a deploy killed with the last served
     process is put right now, not at the next training run. The killed run's training slot
     frees itself within a lease (plus the server's 15 s sweep), so this waits that long for it.
-    A failure is reported, and the `repair/<model>-scheduled` deployment tries again."""
+    A failure is reported, and the repair watch (deployments/repair_watch.py) tries again."""
     from flows.repair import repair
     from tasks.train import LEASE_SECONDS
 
@@ -103,7 +105,7 @@ def repair_at_start(params_file: str) -> None:
     except Exception as exc:
         print(
             f"repair at start failed: {type(exc).__name__}: {exc}; "
-            "repair/<model>-scheduled tries again on its schedule",
+            "the repair watch tries again every triggers.repair_seconds",
             flush=True,
         )
         return
@@ -122,10 +124,17 @@ def serve_all(params_file: str) -> None:
             repair_at_start(model_params)
         deployments = [build_deployment(spec) for spec in specs]
         print("serving " + ", ".join(spec.full_name for spec in specs), flush=True)
+        from deployments.repair_watch import RepairWatch, Watched
         from deployments.runner import runner_kind, serve_deployments
 
         print(f"flow runs start by {runner_kind()} (CTFLOWS_RUNNER; see deployments/runner.py)")
-        serve_deployments(deployments, poll_seconds=poll)
+        watched = [
+            Watched(s.name, s.parameters["params_file"])
+            for s in specs
+            if s.flow_name == REPAIR_FLOW
+        ]
+        with RepairWatch(watched, params.triggers.repair_seconds).in_thread():
+            serve_deployments(deployments, poll_seconds=poll)
 
 
 def _exit_on_term(signum: int, frame: object) -> None:

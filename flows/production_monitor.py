@@ -37,7 +37,7 @@ def production_monitor(
     prepare_tracking(params)
     window = load_window(params, end or datetime.now(UTC))
     reference = load_reference(params)
-    labelled = load_labelled(params, window)
+    labelled = load_labelled(params, window, reference)
     report = analyse_window(
         window,
         reference,

@@ -2,8 +2,10 @@
 
 A promotion journals what to restore before it moves the alias or patches the cluster
 (tasks/journal.py). Every training and rollback run applies an open journal at its start; this
-flow does it without waiting for one: `make serve` runs it before serving, and the deployment
-`repair/<model>-scheduled` every ``triggers.repair_seconds`` (default 30 s).
+flow does it without waiting for one: `make serve` runs it before serving, and while serving
+starts the deployment `repair/<model>` when it sees a stale journal (it looks every
+``triggers.repair_seconds``, default 30 s: deployments/repair_watch.py); with a work pool, a
+crashed run of the model starts it.
 
 It holds the model's training slot while it works, so it never touches the journal of a live
 promotion: if a run holds the slot, that run repaired at its own start and the flow stops.

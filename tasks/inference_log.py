@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from tasks.config import LabelSourceParams
+from tasks.labels import canonical_keys, encode_labels, latest_labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,6 +57,26 @@ class LabelledPredictions:
     labels: int  # label rows read
     unmatched: int  # labels whose id no logged prediction has
     notes: tuple[str, ...] = ()
+
+
+def empty_log() -> pd.DataFrame:
+    """A log frame without rows that has every column a logged one has (not ``features``)."""
+    import pandas as pd
+
+    columns = [c for c in (*REQUIRED, *OPTIONAL_DEFAULTS) if c != "features"]
+    frame = pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    frame["score"] = frame["score"].astype(float)
+    frame["time"] = pd.Series(dtype="datetime64[ns, UTC]")
+    return frame
+
+
+def of_model(frame: pd.DataFrame, model_name: str | None) -> tuple[pd.DataFrame, int]:
+    """The rows ``model_name`` logged (all rows when None), and how many rows carry no
+    model name (a serving app started without ``MODEL_NAME``): they are nobody's."""
+    if model_name is None:
+        return frame, 0
+    names = frame["model_name"].fillna("").astype(str)
+    return frame[(names == model_name).to_numpy()], int((names == "").sum())
 
 
 def log_files(url: str, first_day: str | None = None, last_day: str | None = None) -> list[str]:
@@ -111,14 +133,16 @@ def read_inference_log(
     start: datetime | None,
     end: datetime | None,
     threshold: float = 0.5,
+    model_name: str | None = None,
 ) -> LogWindow:
-    """Predictions logged in ``[start, end)`` (aware UTC datetimes; None: unbounded)."""
+    """Predictions logged in ``[start, end)`` (aware UTC datetimes; None: unbounded), only
+    those ``model_name`` made when it is given (the log may be shared by several models)."""
     import pandas as pd
 
     first = (start - timedelta(days=1)).strftime("%Y-%m-%d") if start else None
     last = (end + timedelta(days=1)).strftime("%Y-%m-%d") if end else None
     files = log_files(url, first, last)
-    frames, notes = [], []
+    frames, notes, unnamed = [], [], 0
     for path in files:
         frame, problem = read_log_file(path, threshold)
         if problem:
@@ -129,17 +153,22 @@ def read_inference_log(
                 frame = frame[frame["time"] >= pd.Timestamp(start)]
             if end is not None:
                 frame = frame[frame["time"] < pd.Timestamp(end)]
+            frame, nameless = of_model(frame, model_name)
+            unnamed += nameless
             frames.append(frame)
     frames = [f for f in frames if len(f)]
+    if unnamed:
+        notes.append(
+            f"{unnamed} logged predictions carry no model name (a serving app started without "
+            f"MODEL_NAME): not counted as {model_name}'s"
+        )
     if not frames:
+        whose = f" by {model_name}" if model_name else ""
         if files or log_files(url):
-            notes.append(f"no predictions logged between {start} and {end} at {url}")
+            notes.append(f"no predictions logged{whose} between {start} and {end} at {url}")
         else:
             notes.append(f"no inference log files at {url}")
-        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in REQUIRED})
-        return LogWindow(
-            start, end, empty.drop(columns="features"), pd.DataFrame(), len(files), tuple(notes)
-        )
+        return LogWindow(start, end, empty_log(), pd.DataFrame(), len(files), tuple(notes))
     logged = pd.concat(frames, ignore_index=True)
     duplicated = int(logged["prediction_id"].duplicated().sum())
     if duplicated:
@@ -152,9 +181,14 @@ def read_inference_log(
 
 
 def read_recent(
-    url: str, rows: int, model_version: str | None = None, threshold: float = 0.5
+    url: str,
+    rows: int,
+    model_version: str | None = None,
+    threshold: float = 0.5,
+    model_name: str | None = None,
 ) -> LogWindow:
-    """The last ``rows`` logged predictions (of ``model_version`` if given), newest days first."""
+    """The last ``rows`` logged predictions (of ``model_name`` and ``model_version`` if given),
+    newest days first."""
     import pandas as pd
 
     files = log_files(url)
@@ -171,6 +205,7 @@ def read_recent(
             if problem:
                 notes.append(problem)
             elif frame is not None:
+                frame, _ = of_model(frame, model_name)
                 if model_version is not None:
                     frame = frame[frame["model_version"].astype(str) == model_version]
                 frames.append(frame)
@@ -181,10 +216,7 @@ def read_recent(
         notes.append(f"no inference log files at {url}")
     frames = [f for f in frames if len(f)]
     if not frames:
-        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in REQUIRED})
-        return LogWindow(
-            None, None, empty.drop(columns="features"), pd.DataFrame(), len(files), tuple(notes)
-        )
+        return LogWindow(None, None, empty_log(), pd.DataFrame(), len(files), tuple(notes))
     logged = pd.concat(frames, ignore_index=True).drop_duplicates("prediction_id")
     logged = logged.sort_values("time", kind="stable").tail(rows).reset_index(drop=True)
     inputs, problem = parse_records(logged["features"])
@@ -233,9 +265,14 @@ def parse_records(features: pd.Series | list[str]) -> tuple[pd.DataFrame, str | 
 
 
 def read_labels(source: LabelSourceParams) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    """Ground truth as a frame of ``id, label, time`` (columns renamed), and what was wrong."""
+    """Ground truth as a frame of ``id, label, time`` (columns renamed), and what was wrong.
+
+    Ids keep the type their file gave them (an integer column with a null stays integers and
+    None, not floats): ``tasks.labels`` puts them in canonical form for the join."""
     import fsspec
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     columns = {source.id_column: "id", source.label_column: "label", source.time_column: "time"}
     empty = pd.DataFrame({"id": [], "label": [], "time": []})
@@ -254,24 +291,33 @@ def read_labels(source: LabelSourceParams) -> tuple[pd.DataFrame, tuple[str, ...
     for path in paths:
         try:
             with fs.open(path, "rb") as handle:
-                frame = pd.read_parquet(handle)
-        except (OSError, ValueError) as exc:
+                table = pq.read_table(handle)
+        except (OSError, ValueError, pa.ArrowException) as exc:
             notes.append(f"unreadable label file {path}: {type(exc).__name__}: {exc}")
             continue
-        missing = [c for c in columns if c not in frame.columns]
+        missing = [c for c in columns if c not in table.column_names]
         if missing:
             notes.append(f"label file {path} lacks columns {missing}: skipped")
             continue
-        frames.append(frame[list(columns)].rename(columns=columns))
+        frame = table.select(list(columns)).to_pandas(integer_object_nulls=True)
+        frames.append(frame.rename(columns=columns))
     if not frames:
         return empty, tuple(notes)
-    labels = pd.concat(frames, ignore_index=True)
-    labels["id"] = labels["id"].astype(str)
-    return labels, tuple(notes)
+    return pd.concat(frames, ignore_index=True), tuple(notes)
 
 
-def join_labels(window: LogWindow, labels: pd.DataFrame, key: str) -> LabelledPredictions:
-    """Logged predictions that have a label, joined on ``key`` (a log column or record field)."""
+def join_labels(
+    window: LogWindow,
+    labels: pd.DataFrame,
+    key: str,
+    task: str = "binary",
+    classes: Sequence[Any] | None = None,
+) -> LabelledPredictions:
+    """Logged predictions that have a label, joined on ``key`` (a log column or record field)
+    in canonical form (``tasks.labels``), the latest label of an id by its time. ``y`` is the
+    label as the scores index it: the class's index in ``classes`` (the model's; binary
+    default 0/1) or the value (regression); ``log_row`` the prediction's row in the window."""
+    import numpy as np
     import pandas as pd
 
     notes: list[str] = []
@@ -283,12 +329,31 @@ def join_labels(window: LogWindow, labels: pd.DataFrame, key: str) -> LabelledPr
     else:
         if window.rows:
             notes.append(f"join key {key!r} is neither a log column nor a field of the records")
-        empty = pd.DataFrame(columns=[*columns, "y"])
+        empty = pd.DataFrame(columns=[*columns, "log_row", "y"])
         return LabelledPredictions(empty, len(labels), len(labels), tuple(notes))
-    predictions = window.log[columns].assign(key=keys.astype(str).to_numpy())
-    ids = labels.drop_duplicates("id", keep="last")
-    if len(ids) < len(labels):
-        notes.append(f"{len(labels) - len(ids)} labels repeat an id: the latest kept")
+    canonical = canonical_keys(keys.reset_index(drop=True))
+    unreadable = int(canonical.isna().sum())
+    if unreadable:
+        notes.append(
+            f"{unreadable} logged predictions have no readable {key!r} (missing, null or not "
+            "a scalar): they cannot be joined to labels"
+        )
+    predictions = window.log[columns].reset_index(drop=True)
+    predictions = predictions.assign(log_row=np.arange(len(predictions)), key=canonical)
+    predictions = predictions[canonical.notna().to_numpy()]
+    latest = latest_labels(labels)
+    ids = latest.frame
+    if latest.unreadable_ids:
+        notes.append(f"{latest.unreadable_ids} labels have no readable id (null or empty): ignored")
+    if latest.repeated:
+        notes.append(
+            f"{latest.repeated} labels repeat an id: the latest by time kept"
+            + (
+                f" ({latest.untimed} without a readable time count as oldest)"
+                if latest.untimed
+                else ""
+            )
+        )
     known = ids["id"].isin(predictions["key"])
     unmatched = int((~known).sum())
     if unmatched:
@@ -296,11 +361,12 @@ def join_labels(window: LogWindow, labels: pd.DataFrame, key: str) -> LabelledPr
     joined = predictions.merge(
         ids[known][["id", "label"]].rename(columns={"id": "key", "label": "y"}), on="key"
     )
-    bad = ~joined["y"].isin([0, 1, True, False])
-    if bad.any():
-        notes.append(f"{int(bad.sum())} labels are not 0/1: ignored")
-        joined = joined[~bad]
-    joined = joined.assign(y=joined["y"].astype(int))
+    encoded = encode_labels(joined["y"], task, classes)
+    if encoded.note:
+        notes.append(encoded.note)
+    joined = joined[encoded.usable].assign(y=encoded.y[encoded.usable])
+    if task != "regression":
+        joined = joined.assign(y=joined["y"].astype(int))
     return LabelledPredictions(joined.drop(columns="key"), len(labels), unmatched, tuple(notes))
 
 

@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE
 from tasks.champion import move_alias
 from tasks.cluster import PodTemplate
 from tasks.config import Params
-from tasks.train import TrackingError
+from tasks.train import TrackingError, training_slot_taken
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,9 @@ def writer_ended(entry: dict[str, Any]) -> str | None:
     return kind if kind in ENDED else None
 
 
-def read_journal(model_name: str) -> dict[str, Any] | None:
-    """The open journal, or None when there is none (no such model, or no tag).
+def read_journal(model_name: str, client: Any = None) -> dict[str, Any] | None:
+    """The open journal, or None when there is none (no such model, or no tag); read with
+    ``client`` (an MlflowClient; default: the process's tracking store).
 
     JournalError when it could not be read (the registry failed) or is unreadable: "no
     journal" and "could not read it" are different answers.
@@ -116,7 +117,7 @@ def read_journal(model_name: str) -> dict[str, Any] | None:
     from mlflow.tracking import MlflowClient
 
     try:
-        tags = MlflowClient().get_registered_model(model_name).tags
+        tags = (client or MlflowClient()).get_registered_model(model_name).tags
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
@@ -131,6 +132,24 @@ def read_journal(model_name: str) -> dict[str, Any] | None:
     if not isinstance(entry, dict) or "version" not in entry:
         raise JournalError(f"the journal of {model_name} is malformed: {raw[:200]!r}")
     return entry
+
+
+def stale_journal(params: Params, client: Any = None) -> str | None:
+    """Why the model's open journal needs repairing now, or None: no journal, or a live run
+    holds the training slot (it is still working, or repairs at its own start).
+
+    Stale when the run that wrote it has ended (a served run killed mid-deploy is marked
+    Crashed by its runner) or when no run holds the slot (a writer outside a flow run, or a
+    killed run whose lease ran out). One registry read when there is no journal."""
+    entry = read_journal(params.registry.model_name, client)
+    if entry is None:
+        return None
+    ended = writer_ended(entry)
+    if ended is not None:
+        return f"the run that wrote it ended {ended}"
+    if not training_slot_taken(params):
+        return "no run holds the training slot"
+    return None
 
 
 def clear_journal(model_name: str) -> None:

@@ -17,37 +17,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tasks.config import DataParams, DriftParams, MonitorParams
-from tasks.drift import DriftReport, detect_drift, ks_sorted, psi_numeric, should_retrain
+from tasks.drift import DriftReport, detect_drift, should_retrain
 from tasks.inference_log import LabelledPredictions, LogWindow
-from tasks.metrics import HIGHER_IS_BETTER, metric_value
+from tasks.metrics import HIGHER_IS_BETTER, TaskType
+from tasks.monitor_metrics import (
+    MetricEstimate,
+    ScoreDrift,
+    class_drift,
+    live_metric,
+    metric_by_day,
+    score_drift,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-
-CI_MAX_ROWS = 20_000  # rows per bootstrap resample of the live metric (wider, never narrower)
-MIN_DAY_ROWS = 20
-CELLS = 4096  # bootstrap cells above which rows are grouped
-
-
-@dataclass(frozen=True)
-class MetricEstimate:
-    metric: str
-    value: float
-    low: float
-    high: float
-    rows: int
-
-
-@dataclass(frozen=True)
-class ScoreDrift:
-    psi: float
-    ks_statistic: float
-    p_value: float
-    drifted: bool
-    reference_rows: int
-    current_rows: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +47,11 @@ class ChampionReference:
     holdout_scores: np.ndarray
     holdout_metric: float | None
     threshold: float
+    task: TaskType = "binary"
+    classes: tuple[str, ...] = ()  # classification: the model's classes, in its order
+    # multiclass: the class probabilities on the holdout (holdout_scores: the decided one's)
+    holdout_proba: np.ndarray | None = None
+    model: Any = None  # multiclass: re-scores the logged records for the class probabilities
 
 
 @dataclass(frozen=True)
@@ -83,6 +73,7 @@ class MonitorReport:
     labels_unmatched: int = 0
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    task: str = "binary"
 
     @property
     def retrain(self) -> bool:
@@ -124,9 +115,9 @@ class MonitorReport:
         ]
         if self.score_drift is not None:
             s = self.score_drift
+            what = {"regression": "prediction"}.get(self.task, "score")
             lines.append(
-                f"- score distribution: PSI {s.psi:.3f}, KS D {s.ks_statistic:.3f} "
-                f"(p={s.p_value:.2g}) -> {'drifted' if s.drifted else 'stable'}"
+                f"- {what} distribution: {s.describe()} -> {'drifted' if s.drifted else 'stable'}"
             )
         if self.feature_drift is not None:
             drifted = self.feature_drift.drifted
@@ -149,122 +140,6 @@ class MonitorReport:
         return "\n".join(lines)
 
 
-def score_drift(
-    reference: np.ndarray, current: np.ndarray, policy: MonitorParams
-) -> ScoreDrift | None:
-    """PSI and KS of the production scores against the champion's holdout scores."""
-    ref = np.sort(np.asarray(reference, dtype=float)[np.isfinite(reference)])
-    cur = np.sort(np.asarray(current, dtype=float)[np.isfinite(current)])
-    if len(ref) == 0 or len(cur) == 0:
-        return None
-    value = psi_numeric(ref, cur)
-    d, p = ks_sorted(ref, cur)
-    drifted = value > policy.score_psi_threshold or p < policy.score_ks_pvalue
-    return ScoreDrift(value, d, p, bool(drifted), len(ref), len(cur))
-
-
-def live_metric(
-    metric: str, y: np.ndarray, scores: np.ndarray, threshold: float, policy: MonitorParams
-) -> MetricEstimate:
-    """The metric on labelled predictions with a percentile bootstrap interval at ``alpha``."""
-    y, scores = np.asarray(y).astype(int), np.asarray(scores, dtype=float)
-    value = metric_value(metric, y, scores, threshold)
-    rng = np.random.default_rng(policy.seed)
-    replicates = bootstrap_metric(metric, y, scores, threshold, policy.resamples, rng)
-    replicates = replicates[np.isfinite(replicates)]
-    if len(replicates) == 0:
-        return MetricEstimate(metric, value, math.nan, math.nan, len(y))
-    low, high = np.quantile(replicates, [policy.alpha / 2, 1 - policy.alpha / 2])
-    return MetricEstimate(metric, value, float(low), float(high), len(y))
-
-
-def bootstrap_metric(
-    metric: str,
-    y: np.ndarray,
-    s: np.ndarray,
-    threshold: float,
-    resamples: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Bootstrap replicates of ``metric``: Poisson row weights on per-row terms (ROC AUC by
-    its DeLong placements, the losses and accuracy by their per-row values); F1 and PR AUC by
-    resampling rows (at most ``CI_MAX_ROWS`` per resample, the spread rescaled to ``n``)."""
-    p = np.clip(s, 1e-15, 1 - 1e-15)
-    if metric == "roc_auc":
-        if y.min() == y.max():
-            return np.full(resamples, np.nan)
-        v10, v01 = placements(y, s)
-        return (
-            _weighted_means(v10, rng, resamples) + _weighted_means(v01, rng, resamples) - v10.mean()
-        )
-    per_row = {
-        "accuracy": lambda: ((p >= threshold).astype(int) == y).astype(float),
-        "brier": lambda: (p - y) ** 2,
-        "log_loss": lambda: -(y * np.log(p) + (1 - y) * np.log(1 - p)),
-    }
-    if metric in per_row:
-        return _weighted_means(per_row[metric](), rng, resamples)
-    n = len(y)
-    size = min(n, CI_MAX_ROWS)
-    out = np.empty(resamples)
-    for i in range(resamples):
-        pick = rng.integers(0, n, size)
-        out[i] = metric_value(metric, y[pick], s[pick], threshold)
-    if size < n:  # a smaller resample widens the spread by sqrt(n / size): scale it back
-        centre = float(np.nanmean(out))
-        out = centre + (out - centre) * math.sqrt(size / n)
-    return out
-
-
-def placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DeLong placement values: per positive, the share of negatives it outranks; per
-    negative, the share of positives that outrank it (ties count half). Both average to AUC."""
-    pos, neg = np.sort(s[y == 1]), np.sort(s[y == 0])
-    s_pos, s_neg = s[y == 1], s[y == 0]
-    below = np.searchsorted(neg, s_pos, side="left")
-    ties = np.searchsorted(neg, s_pos, side="right") - below
-    above = len(pos) - np.searchsorted(pos, s_neg, side="right")
-    ties_n = np.searchsorted(pos, s_neg, side="right") - np.searchsorted(pos, s_neg, side="left")
-    return (below + 0.5 * ties) / len(neg), (above + 0.5 * ties_n) / len(pos)
-
-
-def _weighted_means(values: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
-    """Means of ``values`` under Poisson(1) row weights, one per resample.
-
-    Above ``CELLS`` rows, rows are grouped into equal-count cells of sorted values and each
-    cell's weight is Poisson(cell size), what per-row weights sum to: the cost is resamples x
-    cells, whatever the number of rows (as the gates' paired bootstrap does).
-    """
-    if len(values) > CELLS:
-        ordered = np.sort(values)
-        edges = np.linspace(0, len(values), CELLS + 1).astype(int)
-        counts = np.diff(edges).astype(float)
-        means = np.add.reduceat(ordered, edges[:-1]) / counts
-    else:
-        means, counts = np.asarray(values, dtype=float), np.ones(len(values))
-    weights = rng.poisson(counts, size=(resamples, len(counts))).astype(float)
-    total = weights.sum(axis=1)
-    total[total == 0] = np.nan
-    result: np.ndarray = (weights @ means) / total
-    return result
-
-
-def metric_by_day(
-    metric: str, labelled: pd.DataFrame, threshold: float
-) -> tuple[tuple[str, float, int], ...]:
-    """The live metric per day of prediction, for days with enough labelled rows."""
-    out = []
-    days = labelled["time"].dt.strftime("%Y-%m-%d")
-    for day, group in labelled.groupby(days):
-        if len(group) >= MIN_DAY_ROWS:
-            value = metric_value(
-                metric, group["y"].to_numpy(), group["score"].to_numpy(), threshold
-            )
-            if math.isfinite(value):
-                out.append((str(day), value, len(group)))
-    return tuple(out)
-
-
 def analyse_window(
     window: LogWindow,
     champion: ChampionReference | None,
@@ -276,7 +151,11 @@ def analyse_window(
     model_name: str,
     missing_versions: tuple[str, ...] = (),
 ) -> MonitorReport:
-    """Everything the monitor measures over one window; odd input becomes notes, never raises."""
+    """Everything the monitor measures over one window; odd input becomes notes, never raises.
+
+    The task is the champion's: binary and regression compare the logged scores (P(positive),
+    the predicted value); multiclass re-scores the champion's logged records for the class
+    probabilities the log does not keep (the serving app logs the decided class's only)."""
     notes = list(window.notes)
     reasons: list[str] = []
     versions = {str(k): int(v) for k, v in window.log["model_version"].value_counts().items()}
@@ -293,22 +172,34 @@ def analyse_window(
         versions=versions,
         metric=metric,
     )
+    if window.rows == 0:
+        notes.append(
+            f"empty window: no predictions by {model_name} between {window.start} and "
+            f"{window.end}; nothing judged"
+        )
     if champion is None:
         notes.append(f"{model_name} has no champion: nothing to compare production with")
         return MonitorReport(champion_version=None, champion_rows=0, notes=tuple(notes), **base)
+    task = champion.task
     mine = (window.log["model_version"].astype(str) == champion.version).to_numpy()
     others = window.rows - int(mine.sum())
     if others:
         notes.append(
             f"{others} predictions by other versions than the champion v{champion.version}"
         )
+    proba = None  # multiclass: class probabilities of the window's rows (NaN: not the champion)
+    if task == "multiclass" and mine.any():
+        proba, problem = rescore(champion, window, mine, data)
+        if problem:
+            notes.append(problem)
     feature_report: DriftReport | None = None
     scores: ScoreDrift | None = None
     if window.rows < policy.min_rows:
-        notes.append(
-            f"only {window.rows} predictions in the window (monitor.min_rows {policy.min_rows}): "
-            "drift not judged"
-        )
+        if window.rows:
+            notes.append(
+                f"only {window.rows} predictions in the window (monitor.min_rows "
+                f"{policy.min_rows}): drift not judged"
+            )
     else:
         feature_report = detect_drift(champion.training_rows, window.inputs, data, drift)
         if should_retrain(feature_report, drift):
@@ -316,13 +207,18 @@ def analyse_window(
             listed = ", ".join(f.feature for f in drifted)
             reasons.append(f"input drift in {len(drifted)} features: {listed}")
         if int(mine.sum()) >= policy.min_rows:
-            scores = score_drift(
-                champion.holdout_scores, window.log["score"].to_numpy()[mine], policy
-            )
-            if scores is not None and scores.drifted:
-                reasons.append(
-                    f"score distribution drifted: PSI {scores.psi:.3f}, KS p={scores.p_value:.2g}"
+            if task == "multiclass":
+                if proba is not None and champion.holdout_proba is not None:
+                    scores = class_drift(
+                        champion.holdout_proba, proba[mine], champion.classes, policy
+                    )
+            else:
+                scores = score_drift(
+                    champion.holdout_scores, window.log["score"].to_numpy(float)[mine], policy
                 )
+            if scores is not None and scores.drifted:
+                what = "prediction" if task == "regression" else "score"
+                reasons.append(f"{what} distribution drifted: {scores.describe()}")
         else:
             notes.append(f"only {int(mine.sum())} champion predictions: score drift not judged")
     live: MetricEstimate | None = None
@@ -332,20 +228,29 @@ def analyse_window(
         notes.extend(labelled.notes)
         labels_read, unmatched = labelled.labels, labelled.unmatched
         frame = labelled.frame[labelled.frame["model_version"].astype(str) == champion.version]
+        if task == "multiclass":  # only rows the champion could re-score
+            rows = frame["log_row"].to_numpy(dtype=int)
+            ok = np.zeros(len(rows), bool) if proba is None else np.isfinite(proba[rows, 0])
+            frame = frame[ok]
         if len(frame) < policy.min_labelled_rows:
             notes.append(
                 f"only {len(frame)} labelled champion predictions "
                 f"(monitor.min_labelled_rows {policy.min_labelled_rows}): live metric not judged"
             )
         else:
-            y, s = frame["y"].to_numpy(), frame["score"].to_numpy()
-            live = live_metric(metric, y, s, champion.threshold, policy)
-            by_day = metric_by_day(metric, frame, champion.threshold)
+            y = frame["y"].to_numpy()
+            if task == "multiclass":
+                assert proba is not None
+                s = proba[frame["log_row"].to_numpy(dtype=int)]
+            else:
+                s = frame["score"].to_numpy(dtype=float)
+            live = live_metric(metric, y, s, champion.threshold, policy, task)
+            by_day = metric_by_day(metric, frame, s, champion.threshold, task)
             reason = _metric_reason(live, champion.holdout_metric, policy)
             if reason:
                 reasons.append(reason)
             if not math.isfinite(live.value):
-                notes.append(f"live {metric} is undefined: the labelled rows hold one class")
+                notes.append(f"live {metric} is undefined on these labelled rows (one class?)")
     if champion.holdout_metric is None:
         notes.append(f"the champion's run has no holdout_{metric}: live drop not judged")
     return MonitorReport(
@@ -360,24 +265,59 @@ def analyse_window(
         labels_unmatched=unmatched,
         reasons=tuple(reasons),
         notes=tuple(notes),
+        task=task,
         **base,
     )
+
+
+def rescore(
+    champion: ChampionReference, window: LogWindow, mine: np.ndarray, data: DataParams
+) -> tuple[np.ndarray | None, str | None]:
+    """The champion's class probabilities for its logged records (rows of the window; NaN
+    for other versions' rows), or None and why the records cannot be scored."""
+    if champion.model is None:
+        return None, "no champion model to re-score the logged records: class drift not judged"
+    missing = sorted(set(data.features) - set(window.inputs.columns))
+    if missing:
+        return None, f"the logged records lack features {missing}: class drift not judged"
+    try:
+        scored = np.asarray(
+            champion.model.predict_proba(window.inputs.loc[mine, data.features]), dtype=float
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        return None, (
+            f"the champion cannot re-score its logged records ({type(exc).__name__}: {exc}): "
+            "class drift and live metric not judged"
+        )
+    proba = np.full((window.rows, scored.shape[1]), np.nan)
+    proba[mine] = scored
+    return proba, None
+
+
+SCALED = frozenset({"rmse", "mae"})  # in the label's units: the drop is judged relative
 
 
 def _metric_reason(
     live: MetricEstimate, holdout: float | None, policy: MonitorParams
 ) -> str | None:
-    """A drop beyond ``max_metric_drop`` whose interval's best end is still below holdout."""
+    """A drop beyond ``max_metric_drop`` whose interval's best end is still worse than
+    holdout. For RMSE and MAE, in the label's units, the drop is a share of the holdout value
+    (0.05: 5 % worse); for the other metrics it is in the metric's own units."""
     if holdout is None or not math.isfinite(live.value):
         return None
     drop = _worse_by(live.metric, live.value, holdout)
     best = live.high if HIGHER_IS_BETTER[live.metric] else live.low
     significant = math.isfinite(best) and _worse_by(live.metric, best, holdout) > 0
-    if drop > policy.max_metric_drop and significant:
+    relative = live.metric in SCALED
+    limit = policy.max_metric_drop * (abs(holdout) if relative else 1.0)
+    if drop > limit and significant:
+        side = "below" if HIGHER_IS_BETTER[live.metric] else "above"
+        share = f" ({drop / abs(holdout):.1%})" if relative and holdout else ""
+        of = " of the holdout value" if relative else ""
         return (
             f"live {live.metric} {live.value:.4f} [{live.low:.4f}, {live.high:.4f}] is "
-            f"{drop:.4f} below its holdout {holdout:.4f} (monitor.max_metric_drop "
-            f"{policy.max_metric_drop})"
+            f"{drop:.4f}{share} {side} its holdout {holdout:.4f} (monitor.max_metric_drop "
+            f"{policy.max_metric_drop}{of})"
         )
     return None
 
@@ -398,12 +338,13 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-__all__ = [
+__all__ = [  # the measures live in tasks.monitor_metrics, re-exported for callers of old
     "ChampionReference",
     "MetricEstimate",
     "MonitorReport",
     "ScoreDrift",
     "analyse_window",
     "live_metric",
+    "rescore",
     "score_drift",
 ]

@@ -23,6 +23,7 @@ from tasks.inference_log import (
     read_inference_log,
     read_labels,
 )
+from tasks.labels import canonical_key
 from tasks.monitor import ChampionReference, MonitorReport
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,12 @@ def log_url(params: Params) -> str:
 @task(name="read-inference-log", cache_policy=NONE)
 def load_window(params: Params, end: datetime) -> LogWindow:
     start = end - timedelta(hours=params.monitor.window_hours)
-    window = read_inference_log(log_url(params), start, end, params.gates.threshold)
+    name = params.registry.model_name
+    window = read_inference_log(log_url(params), start, end, params.gates.threshold, name)
     get_run_logger().info(
-        "%d predictions logged between %s and %s in %d files (%s)",
+        "%d predictions by %s logged between %s and %s in %d files (%s)",
         window.rows,
+        name,
         start,
         end,
         window.files,
@@ -51,9 +54,15 @@ def load_window(params: Params, end: datetime) -> LogWindow:
 
 
 @task(name="join-labels", cache_policy=NONE)
-def load_labelled(params: Params, window: LogWindow) -> LabelledPredictions:
+def load_labelled(
+    params: Params, window: LogWindow, reference: ChampionReference | None = None
+) -> LabelledPredictions:
+    """The labels joined to the window, encoded as the champion's scores index them (its
+    classes; the task of params when there is no champion)."""
     labels, notes = read_labels(params.monitor.labels)
-    joined = join_labels(window, labels, params.monitor.labels.key)
+    task = reference.task if reference is not None else params.train.task
+    classes = reference.classes if reference is not None and reference.classes else None
+    joined = join_labels(window, labels, params.monitor.labels.key, task, classes)
     get_run_logger().info(
         "%d labels read, %d joined to logged predictions", len(labels), len(joined.frame)
     )
@@ -63,10 +72,13 @@ def load_labelled(params: Params, window: LogWindow) -> LabelledPredictions:
 
 
 def champion_reference(params: Params) -> ChampionReference | None:
-    """The champion, its training rows (sampled), its holdout scores and holdout metric."""
+    """The champion, its training rows (sampled), its holdout scores and holdout metric,
+    by its task: P(positive), the predictions, or the class probabilities (multiclass; the
+    decided class's one as ``holdout_scores``, what the serving app logs)."""
     from mlflow.tracking import MlflowClient
 
     from tasks.champion import champion_data_version, load_champion
+    from tasks.gates.evidence import score
 
     name, alias = params.registry.model_name, params.registry.alias
     champion = load_champion(name, alias)
@@ -80,7 +92,12 @@ def champion_reference(params: Params) -> ChampionReference | None:
         train = train.sample(n, random_state=params.monitor.seed)
     if len(holdout) > n:
         holdout = holdout.sample(n, random_state=params.monitor.seed)
-    scores = champion.model.predict_proba(holdout[params.data.features])[:, 1]
+    task = params.train.task
+    scores = score(champion.model, holdout[params.data.features], "champion", task)
+    proba = None
+    if task == "multiclass":
+        proba, scores = scores, scores.max(axis=1)
+    classes = getattr(champion.model, "classes_", None) if task != "regression" else None
     metrics = MlflowClient().get_run(str(champion.run_id)).data.metrics
     holdout_metric = metrics.get(f"holdout_{params.gates.primary_metric}")
     return ChampionReference(
@@ -92,6 +109,10 @@ def champion_reference(params: Params) -> ChampionReference | None:
         np.asarray(scores, dtype=float),
         None if holdout_metric is None else float(holdout_metric),
         params.gates.threshold,
+        task,
+        tuple(canonical_key(c) or str(c) for c in classes) if classes is not None else (),
+        proba,
+        champion.model,
     )
 
 
@@ -117,7 +138,7 @@ def missing_versions(params: Params, window: LogWindow) -> tuple[str, ...]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client, gone = MlflowClient(), []
+    client, gone = MlflowClient(), []  # the window holds this model's predictions only
     for version in sorted(set(window.log["model_version"].astype(str))):
         try:
             client.get_model_version(params.registry.model_name, version)
@@ -147,7 +168,8 @@ def write_plots(
         ax.hist(
             window.log["score"].to_numpy(), bins=50, alpha=0.5, density=True, label="production"
         )
-    ax.set(title="Champion score distributions", xlabel="P(positive)")
+    xlabel = {"regression": "predicted value", "multiclass": "probability of the decided class"}
+    ax.set(title="Champion score distributions", xlabel=xlabel.get(report.task, "P(positive)"))
     ax.legend()
     paths.append(_save(fig, folder / "scores.png"))
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -144,12 +144,15 @@ class LabelSourceParams(_Section):
     key: str = "prediction_id"  # log column, or a field of the logged records (customer_id)
 
 
+MAX_WINDOW_HOURS = 24 * 366 * 10  # ten years: a window start any datetime can hold
+
+
 class MonitorParams(_Section):
     """Flow `production-monitor`: the inference log against the champion's training rows."""
 
     schedule: ScheduleParams = ScheduleParams(cron="0 * * * *")
     log_url: str | None = None  # null: <state_dir>/inference-log (the serving app's default)
-    window_hours: float = Field(24.0, gt=0)
+    window_hours: float = Field(24.0, gt=0, le=MAX_WINDOW_HOURS, allow_inf_nan=False)
     min_rows: int = Field(200, ge=1)  # fewer predictions in the window: drift not judged
     reference_rows: int = Field(50_000, ge=100)  # sample of the champion's training rows
     score_psi_threshold: float = Field(0.2, gt=0)

@@ -1,6 +1,6 @@
 """A deploy a killed run left half-done is put right without waiting for a training run: when a
-served process starts, and by the `repair/<model>-scheduled` deployment (real Prefect server, MLflow
-store and the Kubernetes API stand-in)."""
+served process starts, and by the `repair/<model>` run its repair watch starts for a stale journal
+— and only then (real Prefect server, MLflow store and the Kubernetes API stand-in)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,21 @@ def test_a_served_process_repairs_a_half_done_promotion_before_it_serves(
     assert any("recovered" in t for t in ws.slack.texts())
 
 
-def test_the_scheduled_repair_puts_right_a_served_run_killed_mid_deploy_within_a_minute(
+def repair_runs(ws, model: str = "churn-classifier") -> list:
+    """Every flow run of the `repair/<model>` deployment for this workspace's params, in any
+    state (scheduled ones too; the Prefect server is the session's)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name(f"repair/{model}")
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id]))
+        )
+    return [r for r in runs if r.parameters.get("params_file") == str(ws.params_file)]
+
+
+def test_the_watch_repairs_a_served_run_killed_mid_deploy_within_a_minute_and_only_then(
     workspace, kube, prefect_api, tmp_path
 ):
     from prefect.client.orchestration import get_client
@@ -137,6 +151,10 @@ def test_the_scheduled_repair_puts_right_a_served_run_killed_mid_deploy_within_a
         killed = time.monotonic()
         assert journal_open(ws) and running_version(kube) == "2"  # the crash left it half-done
 
+        # served for a training run's time with repair_seconds 10: the schedule it replaces
+        # had created a repair run every 10 s (and the scheduled ones ahead) by now
+        assert repair_runs(ws) == [], "repair runs while there was nothing to repair"
+
         wait_for(lambda: not journal_open(ws) and running_version(kube) == "1", 180, "the repair")
         took = time.monotonic() - killed
         # the runner marks the run Crashed; the next repair (every 10 s here) applies its
@@ -147,5 +165,13 @@ def test_the_scheduled_repair_puts_right_a_served_run_killed_mid_deploy_within_a
             state = client.read_flow_run(run.id).state
         assert state is not None and state.type.value == "CRASHED"
         assert "repairing now" in log.read_text()
+        assert "repair watch: churn-classifier has a stale journal" in log.read_text()
+
+        def finished() -> list | None:
+            runs = repair_runs(ws)
+            return runs if all(r.state and r.state.is_final() for r in runs) else None
+
+        (repaired,) = wait_for(finished, 60, "the repair run to end")  # the watch's one run
+        assert repaired.state.is_completed(), repaired.state
     assert champion_version(ws) == first.version == "1"
     assert image(kube) == version_image(ws, "1")

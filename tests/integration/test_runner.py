@@ -95,9 +95,7 @@ def test_served_runs_are_forked_from_the_preloaded_server(workspace, prefect_api
         # SIGTERM while the runner is starting a run: it must still stop (Prefect's own
         # handler raised SystemExit inside the run's start, which swallowed it). A run
         # already started finishes; a run created after SIGTERM is not started.
-        repair = served_deployment(
-            f"{REPAIR_FLOW}/{model_deployment(model, 'scheduled')}", workspace.params_file
-        )
+        repair = served_deployment(f"{REPAIR_FLOW}/{model}", workspace.params_file)
         assert repair is not None
         with get_client(sync_client=True) as client:
             late = client.create_flow_run_from_deployment(

@@ -17,7 +17,6 @@ import yaml
 from deployments.build import render
 from deployments.server import free_port
 from deployments.webhook import sign
-from tasks.config import load_params
 from tests.helpers import ROOT, STOP_SECONDS, wait_for
 
 SECRET = "test-secret-not-for-production"
@@ -163,14 +162,20 @@ def test_committed_prefect_yaml_matches_the_definitions():
         ("continuous_training", "churn-classifier-on-new-data"),
         ("continuous_training", "churn-classifier-manual"),
         ("drift_monitor", "churn-classifier-daily"),
-        ("repair", "churn-classifier-scheduled"),
+        ("repair", "churn-classifier"),
         ("rollback", "churn-classifier"),
         ("promote", "churn-classifier"),
         ("production_monitor", "churn-classifier-scheduled"),
     }
+    # no repair run every 30 s per model: served, the process watches the journals; with a
+    # work pool, a crashed run of the model's journaling deployments starts one
     repair = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":repair"))
-    every = load_params(ROOT / "params.yaml").triggers.repair_seconds
-    assert repair["schedules"] == [{"interval": every, "active": True}]
+    assert repair["schedules"] == []
+    (crashed,) = repair["triggers"]
+    assert crashed["expect"] == ["prefect.flow-run.Crashed"]
+    flows, names = crashed["match_related"]
+    assert set(flows["prefect.resource.name"]) == {"continuous-training", "rollback", "promote"}
+    assert "churn-classifier-manual" in names["prefect.resource.name"]
     landed = next(d for d in spec["deployments"] if d["name"] == "churn-classifier-on-new-data")
     trigger = landed["triggers"][0]
     assert trigger["expect"] and trigger["match"]["prefect.resource.id"].endswith("batch.parquet")

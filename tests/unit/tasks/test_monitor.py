@@ -117,7 +117,7 @@ def test_no_traffic_few_labels_missing_version_and_no_champion_are_notes(
     report = analyse(params, empty, champion, labelled)
     assert not report.retrain and report.rows == 0 and report.live is None
     text = " ".join(report.notes)
-    assert "no inference log files" in text and "drift not judged" in text
+    assert "no inference log files" in text and "empty window" in text
     assert "never predicted" in text and "live metric not judged" in text
     assert report.labels_unmatched == 7
 
@@ -141,6 +141,9 @@ def test_monitor_params_reject_bad_values(tmp_path):
         small_params(tmp_path, gates={"shadow": {"max_flip_rate": 2}})
     with pytest.raises(ConfigError, match=r"monitor\.window_hours"):
         small_params(tmp_path / "b", monitor={"window_hours": 0})
+    for i, endless in enumerate([math.inf, 1e8]):  # accepted, then OverflowError every hour
+        with pytest.raises(ConfigError, match=r"monitor\.window_hours: Input should be"):
+            small_params(tmp_path / f"h{i}", monitor={"window_hours": endless})
     defaults = small_params(tmp_path / "c")
     assert defaults.monitor.labels.key == "prediction_id"
     shadow = defaults.gates.rule("shadow")  # the gate reads the monitor's log and labels
