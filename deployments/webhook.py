@@ -36,6 +36,7 @@ from typing import Any
 
 from tasks.config import Params
 from tasks.errors import CtflowsError, ErrorKind
+from tasks.services import redact
 
 log = logging.getLogger("ctflows.webhook")
 PATH = "/hooks/data-landed"
@@ -53,7 +54,7 @@ class WebhookError(CtflowsError):
 
     def __init__(self, status: int, message: str) -> None:
         self.status = status
-        super().__init__(message)
+        super().__init__(redact(message))  # it is answered and logged: no credentials
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

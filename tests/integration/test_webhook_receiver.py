@@ -306,3 +306,26 @@ def test_requests_go_to_the_model_whose_data_they_name(prefect_api, tmp_path):
     assert explicit.status == 202 and explicit.body["deployment"].endswith("/churn-b-on-new-data")
     assert refused.status == 422 and "churn-a (data/churn-a.parquet)" in refused.body["error"]
     assert len(runs) == 3
+
+
+def test_a_token_in_the_data_repo_is_neither_answered_nor_logged(prefect_api, tmp_path):
+    """A request without md5 is resolved against data.repo; when that fails, the 422 says why
+    without the repository's credentials, and so does the receiver's log."""
+    import yaml
+
+    with socket.socket() as closed:  # a git server that is not there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    params_file = write_params(tmp_path / "project")
+    raw = yaml.safe_load(params_file.read_text())
+    raw["data"]["repo"] = f"http://ci-bot:ghp_t0kenZZ@127.0.0.1:{port}/team/data.git"
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    log = tmp_path / "receiver.log"
+    body = json.dumps({"path": "data/batch.parquet", "rev": "main"}).encode()
+    with receiver_process(params_file, SECRET, prefect_api, log) as url:
+        answer = post(url, body, signed_headers(SECRET, body))
+    assert answer.status == 422, answer
+    assert "cannot resolve" in answer.body["error"] and "127.0.0.1" in answer.body["error"]
+    assert "t0kenZZ" not in answer.body["error"] and "ci-bot" not in answer.body["error"]
+    logged = log.read_text()
+    assert "cannot resolve" in logged and "t0kenZZ" not in logged
