@@ -94,6 +94,7 @@ class LatencyGate(BaseGate):
     name = "latency"
     Params = LatencyParams
     order = 40
+    measures_machine = True
 
     def measure(self, evidence: Evidence) -> tuple[Timings, int]:
         """The timings of the candidate's (and the champion's) prediction calls, in process."""
