@@ -49,28 +49,33 @@ class Verdict:
     reason: str
 
 
+def _ms(value: float) -> str:
+    """Milliseconds as people read them: 93.0, 4.1, 0.052."""
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
 def judge(timings: Timings, rule: LatencyParams, rows: int) -> Verdict:
     """The verdict on ``timings`` (model 0 the candidate, model 1 the champion if any)."""
     c95, c50 = 1000 * timings.quantile(0, 95), 1000 * timings.quantile(0, 50)
-    words = [f"p95 {c95:.1f} ms per call on {rows} rows (median {c50:.1f} ms)"]
+    words = [f"p95 {_ms(c95)} ms per call on {rows} rows (median {_ms(c50)} ms)"]
     problems: list[str] = []
     h95: float | None = None
     slower = True  # than the champion; with none, the budget alone decides
     if len(timings.samples) > 1:
         h95, h50 = 1000 * timings.quantile(1, 95), 1000 * timings.quantile(1, 50)
         ratio, diff = timings.paired_ratio(0, 1), c50 - h50
-        words.append(f"champion p95 {h95:.1f} ms (median {h50:.1f} ms)")
+        words.append(f"champion p95 {_ms(h95)} ms (median {_ms(h50)} ms)")
         slower = ratio > 1 and diff > rule.min_slowdown_ms
         if ratio <= 1:
-            words.append(f"{ratio:.2f}x the champion's time: faster, by {-diff:.1f} ms")
+            words.append(f"{ratio:.2f}x the champion's time: faster, by {_ms(-diff)} ms")
         elif not slower:
             words.append(
-                f"{ratio:.2f}x the champion's time but {diff:.1f} ms slower: not judged under "
+                f"{ratio:.2f}x the champion's time but {_ms(diff)} ms slower: not judged under "
                 f"{rule.min_slowdown_ms:g} ms"
             )
         elif rule.max_ratio is not None and ratio > rule.max_ratio:
             problems.append(
-                f"{ratio:.2f}x the champion's time ({diff:.1f} ms slower), above {rule.max_ratio}x"
+                f"{ratio:.2f}x the champion's time ({_ms(diff)} ms slower), above {rule.max_ratio}x"
             )
         elif rule.max_ratio is not None:
             words.append(f"{ratio:.2f}x the champion's time, within {rule.max_ratio}x")
@@ -82,7 +87,7 @@ def judge(timings: Timings, rule: LatencyParams, rows: int) -> Verdict:
                 "promoting it does not make serving slower"
             )
         else:
-            problems.append(f"p95 {c95:.1f} ms over the {budget:g} ms budget")
+            problems.append(f"p95 {_ms(c95)} ms over the {budget:g} ms budget")
     elif budget is not None:
         words.append(f"within the {budget:g} ms budget")
     calls = len(timings.samples[0])
