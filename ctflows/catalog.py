@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.config import ConfigError, Params, load_params
+from tasks.deploy import targets
 from tasks.errors import CtflowsError, ErrorKind
 
 MODELS_DIR = "models.d"
@@ -53,8 +54,9 @@ def check_name(name: str) -> str:
 def discover(root: Path) -> list[Model]:
     """The models declared under ``root``, by name; each params file is loaded and checked.
 
-    Two models may not share a registered model name or a Kubernetes Deployment: they would
-    move each other's champion or replace each other's pods.
+    Two models may not share a registered model name or any Kubernetes Deployment either may
+    patch (a canary's included): they would move each other's champion or replace each
+    other's pods.
     """
     root = root.resolve()
     folder = root / MODELS_DIR
@@ -64,20 +66,42 @@ def discover(root: Path) -> list[Model]:
     else:
         base = root / "params.yaml"
         models = [Model(check_name(load_params(base).registry.model_name), base)]
-    owners: dict[tuple[str, str], str] = {}
+    owners: dict[tuple[str, str], tuple[str, str]] = {}
     for model in models:
         params = model.params()
-        for key in (
-            ("registry.model_name", params.registry.model_name),
-            ("deploy.deployment", f"{params.deploy.namespace}/{params.deploy.deployment}"),
-        ):
+        claims = [("registry.model_name", "registered model", params.registry.model_name)]
+        claims += patched_deployments(params)
+        for setting, kind, name in claims:
+            key = (kind, name)
             if key in owners:
+                owner, owner_setting = owners[key]
+                what = f"{setting} {name!r}"
+                if owner_setting != setting:
+                    what = (
+                        f"the {kind} {name!r} ({owner}'s {owner_setting}, {model.name}'s {setting})"
+                    )
                 raise ConfigError(
-                    f"models {owners[key]!r} and {model.name!r} share {key[0]} {key[1]!r}; "
-                    "give each model its own"
+                    f"models {owner!r} and {model.name!r} share {what}; give each model its own"
                 )
-            owners[key] = model.name
+            owners[key] = (model.name, setting)
     return models
+
+
+def patched_deployments(params: Params) -> list[tuple[str, str, str]]:
+    """(the setting naming it, "Kubernetes Deployment", namespace/name) of every Deployment a
+    promotion or rollback of this model patches: its own and, with the canary strategy, the
+    canary's (``deploy.deployment`` + ``deploy.canary.suffix``)."""
+    deploy = params.deploy
+    settings = {deploy.deployment: "deploy.deployment"}
+    names = targets(deploy)
+    return [
+        (
+            settings.get(name, "deploy.deployment + deploy.canary.suffix"),
+            "Kubernetes Deployment",
+            f"{deploy.namespace}/{name}",
+        )
+        for name in names
+    ]
 
 
 def find(root: Path, name: str) -> Model:

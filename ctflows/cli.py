@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if already decided")
     p.add_argument("--dry-run", action="store_true", help="train and gate, change nothing")
     p.add_argument("--local", action="store_true", help="run in this process, no deployment")
+    p.add_argument(
+        "--redecide",
+        action="store_true",
+        help="decide again a rejection of this data that came only from gates measuring the "
+        "machine (latency, predict_memory); recorded in the history with who asked",
+    )
     p = add(
         "init",
         "profile a trusted batch into a first suite and params.yaml",

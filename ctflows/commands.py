@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict
 
 from ctflows import catalog, operate, status
-from ctflows.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, emit, fail
+from ctflows.cli import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, emit, fail
 from tasks.ledger import read_decisions
 
 
@@ -85,14 +85,19 @@ def cmd_unfreeze(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     model = _model(args)
+    if args.redecide and (args.force or args.dry_run):
+        return fail(
+            args, EXIT_REFUSED, "--redecide re-decides a decision: not with --force or --dry-run"
+        )
+    redecide = operate.redecide_actor(args.redecide)
     if args.local:
-        ok, result = operate.run_local(model, args.rev, args.force, args.dry_run)
+        ok, result = operate.run_local(model, args.rev, args.force, args.dry_run, redecide)
         if not ok:
             return fail(args, EXIT_FAILED, str(result))
         emit(args, result, _outcome_text(result))
         return EXIT_OK
     ok, result = operate.run_deployment(
-        model, args.rev, args.force, args.dry_run, echo=not args.json
+        model, args.rev, args.force, args.dry_run, echo=not args.json, redecide=redecide
     )
     decision = result["decision"]
     line = f"flow run {result['flow_run_name']} ended {result['state']}"

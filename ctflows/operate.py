@@ -121,21 +121,34 @@ def unfreeze(model: Model) -> dict[str, Any]:
     return asdict(lifted)
 
 
-def run_local(model: Model, rev: str | None, force: bool, dry_run: bool) -> tuple[bool, Any]:
+def redecide_actor(asked: bool) -> str | None:
+    """Who asks for ``--redecide`` (the flow's ``redecide`` parameter), or None."""
+    from tasks.ledger import current_actor
+
+    return current_actor() if asked else None
+
+
+def run_local(
+    model: Model, rev: str | None, force: bool, dry_run: bool, redecide: str | None = None
+) -> tuple[bool, Any]:
     """The flow in this process; (succeeded, outcome or error text)."""
     from flows.continuous_training import continuous_training
+    from tasks.decisions import RedecideRefused
 
     state = continuous_training(
         rev=rev,
         force=force,
         dry_run=dry_run,
         params_file=str(model.params_file),
+        redecide=redecide,
         return_state=True,
     )
     if state.is_completed():
         return True, _outcome_dict(state.result())
     try:
         state.result()
+    except RedecideRefused:
+        raise  # a refused request (exit 2), not a failed run
     except BaseException as exc:  # the flow's own exception, re-raised by Prefect
         return False, f"{type(exc).__name__}: {exc}"
     return False, f"flow run ended {state.type.value}"
@@ -148,6 +161,7 @@ def run_deployment(
     dry_run: bool,
     echo: bool,
     poll: float = 1.0,
+    redecide: str | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     """Start ``continuous-training/<model>-manual`` and follow its logs until it ends."""
     from prefect.client.orchestration import get_client
@@ -162,6 +176,8 @@ def run_deployment(
         )
     name = f"continuous-training/{deployment_name(model.name, 'manual')}"
     parameters: dict[str, Any] = {"force": force, "dry_run": dry_run}
+    if redecide:
+        parameters["redecide"] = redecide
     if rev:
         parameters["rev"] = rev
     with get_client(sync_client=True) as client:

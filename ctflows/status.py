@@ -14,10 +14,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ctflows.catalog import Model, deployment_name
 from tasks.config import Params
 from tasks.ledger import Decision, read_decisions, read_freeze
+from tasks.services import redact
 
 
 @dataclass
@@ -65,7 +67,7 @@ def store_exists(uri: str) -> bool:
 
 
 def _why(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    return redact(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
 
 
 def champion_facts(params: Params, decisions: list[Decision]) -> dict[str, Any] | None:
@@ -179,7 +181,11 @@ def mlflow_ui(params: Params) -> str:
 
     uri = tracking_uri(params)
     if uri.startswith(("http://", "https://")):
-        return uri.rstrip("/")
+        # a link people open and paste: without the user:token@ MLflow's client sends
+        # (the browser asks for them)
+        parts = urlsplit(uri)
+        netloc = parts.netloc.rpartition("@")[2]
+        return redact(urlunsplit(parts._replace(netloc=netloc))).rstrip("/")
     return "http://127.0.0.1:5000"  # `make ui`
 
 

@@ -45,6 +45,7 @@ from deployments.webhook import (
     webhook_secret,
 )
 from tasks.config import Params, load_params
+from tasks.services import install_redaction, redact
 
 log = logging.getLogger("ctflows.webhook")
 
@@ -154,8 +155,9 @@ def create_app(params: Params, routes: list[Route], secret: str) -> FastAPI:
             message = f"could not start {deployment} within {budget:.1f} s; retry the request"
             return JSONResponse({"error": message}, status_code=503, headers=_CLOSE)
         except Exception as exc:  # the Prefect API is down or the deployment is missing
-            log.error("could not start %s: %s: %s", deployment, type(exc).__name__, exc)
-            message = f"could not start {deployment}: {type(exc).__name__}: {exc}; retry"
+            why = redact(f"{type(exc).__name__}: {exc}")
+            log.error("could not start %s: %s", deployment, why)
+            message = f"could not start {deployment}: {why}; retry"
             return JSONResponse({"error": message}, status_code=503, headers=_CLOSE)
         log.info(
             "accepted %s: %s -> flow run %s%s",
@@ -292,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect call
+    install_redaction()  # no credentials (a token in data.repo) in any log line
     try:
         receiver = make_receiver(os.path.abspath(args.params), args.host, args.port)
     except NoSecret as exc:

@@ -27,6 +27,7 @@ from typing import Any
 from deployments.definitions import REPAIR_FLOW, DeploymentSpec, project_specs
 from deployments.server import prefect_server, runtime_settings
 from tasks.config import load_params
+from tasks.services import install_redaction
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect call
+    install_redaction()  # the receiver's and the served runs' lines hold no credentials
     params_file = str(Path(args.params).resolve())
     signal.signal(signal.SIGTERM, _exit_on_term)  # so the server and webhook stop with us
     with contextlib.ExitStack() as stack:

@@ -12,7 +12,7 @@ Prefect's open-source server has no webhooks (that is Prefect Cloud), so the rec
   the secret comes from $CTFLOWS_WEBHOOK_SECRET or a Prefect Secret block and is never logged;
 - a request is accepted only once its flow run exists; accepted signatures are journaled until
   their timestamp is too old to pass anyway, so a replay is refused and the journal stays small;
-- one data version (its md5) maps to one live flow run: the idempotency key carries an
+- one data version (its path and md5) maps to one live flow run: the idempotency key carries an
   attempt number that moves on past runs that failed, crashed or were cancelled, so duplicates
   and concurrent requests share a run while a data version whose last run did not finish can
   be run again.
@@ -36,6 +36,7 @@ from typing import Any
 
 from tasks.config import Params
 from tasks.errors import CtflowsError, ErrorKind
+from tasks.services import redact
 
 log = logging.getLogger("ctflows.webhook")
 PATH = "/hooks/data-landed"
@@ -53,7 +54,7 @@ class WebhookError(CtflowsError):
 
     def __init__(self, status: int, message: str) -> None:
         self.status = status
-        super().__init__(message)
+        super().__init__(redact(message))  # it is answered and logged: no credentials
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -168,7 +169,15 @@ def _time() -> float:
 
 @dataclass(frozen=True)
 class Landed:
-    """The data version a request names: ``md5`` is its identity when known."""
+    """The data version a request names: its path and content (md5), or revision until the
+    md5 is known.
+
+    What identifies a data version is the file and its bytes, ``(path, md5)``: requests naming
+    the same path and md5 share one run whatever revisions they name (the revision is where the
+    bytes were found, not what they are); the same bytes landing at another path are another
+    event and get a run of their own, never the other path's (its training may still be skipped
+    as decided: decisions hold per md5, params and code).
+    """
 
     path: str
     rev: str
@@ -177,12 +186,12 @@ class Landed:
 
     @property
     def identity(self) -> str:
-        return self.md5 or f"{self.path}@{self.rev}"
+        return f"{self.path}@{self.md5 or self.rev}"
 
     @property
     def tag(self) -> str:
-        """The tag every flow run started for this data version carries."""
-        return f"ctflows.data:{self.identity}"
+        """The tag every flow run started for this content carries (whatever its path)."""
+        return f"ctflows.data:{self.md5 or self.identity}"
 
     def idempotency_key(self, attempt: int) -> str:
         """Unique per model, data version and attempt (Prefect keys are per flow, and every
@@ -234,11 +243,37 @@ def moves_on(state_type: str) -> bool:
     return state_type.upper() in RERUNNABLE
 
 
+# The longest value each field may hold: a DVC path, a git revision, a model name.
+FIELD_LIMITS = {"path": 1024, "rev": 256, "model": 63}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _usable(name: str, value: str) -> str:
+    """``value`` if the receiver can pass it on (to git, DVC and Prefect); else WebhookError
+    (422: the sender's error, which a retry does not mend)."""
+    limit = FIELD_LIMITS[name]
+    if len(value) > limit:
+        raise WebhookError(422, f"{name} is {len(value)} characters long; at most {limit}")
+    if _CONTROL.search(value):
+        raise WebhookError(422, f"{name} holds a control character (NUL, newline, ...)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise WebhookError(422, f"{name} holds a lone UTF-16 surrogate (not text)") from exc
+    if name == "rev" and value.startswith("-"):
+        raise WebhookError(422, "rev must not start with '-' (it would read as a git option)")
+    return value
+
+
 def parse_body(body: bytes) -> Landed:
+    """The data version a request's body names; WebhookError (400: not a JSON object, 422: a
+    field the receiver cannot use) otherwise."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise WebhookError(400, f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise WebhookError(400, "body is JSON nested too deep") from exc
     if not isinstance(data, dict):
         raise WebhookError(400, "body must be a JSON object")
     missing = [k for k in ("path", "rev") if not isinstance(data.get(k), str) or not data[k]]
@@ -250,7 +285,9 @@ def parse_body(body: bytes) -> Landed:
     model = data.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise WebhookError(422, "model, when given, must be a model name")
-    return Landed(data["path"], data["rev"], md5, model)
+    if model is not None:
+        _usable("model", model)
+    return Landed(_usable("path", data["path"]), _usable("rev", data["rev"]), md5, model)
 
 
 class NoSecret(CtflowsError, RuntimeError):

@@ -8,7 +8,7 @@ from tasks.champion import get_champion
 from tasks.config import Params, load_params
 from tasks.dask_engine import dask_run
 from tasks.data import lineage_tags, pull_data, resolve_data
-from tasks.decisions import find_decision
+from tasks.decisions import RedecideRefused, find_decision, mark_redecided, redecision
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate, start_plots, wait_for_plots
 from tasks.gates.predict_memory import probe_scope, start_probe
@@ -48,6 +48,7 @@ def continuous_training(
     dry_run: bool = False,
     force: bool = False,
     params_file: str = "params.yaml",
+    redecide: str | None = None,
 ) -> RunOutcome:
     """Retrain on one DVC data version and ship the candidate only if it passes the gates.
 
@@ -61,11 +62,15 @@ def continuous_training(
         force: retrain even if this data, params and code were already decided, and skip the
             no-regression and significance gates; data validation and all other gates apply.
         params_file: the params.yaml to use.
+        redecide: who asks to decide again a rejection of this data, params and code that
+            came only from gates measuring the machine (latency, predict_memory): it is not
+            taken as final, and the new decision records who asked; refused for any other
+            decision. Set by `ctflows run --redecide`.
     """
     params = load_params(params_file)
     install_redaction()  # no credentials in any log line, Prefect's own included
     with prefect_deadline(params.timeouts), hold_training_lock(params), dask_run(), probe_scope():
-        return _continuous_training(params, rev, path, repo, md5, dry_run, force)
+        return _continuous_training(params, rev, path, repo, md5, dry_run, force, redecide)
 
 
 def _continuous_training(
@@ -76,6 +81,7 @@ def _continuous_training(
     md5: str | None,
     dry_run: bool,
     force: bool,
+    redecide: str | None = None,
 ) -> RunOutcome:
     logger = get_run_logger()
     outcome = RunOutcome("failed", params.registry.model_name, flow_run=flow_run_link())
@@ -111,6 +117,11 @@ def _continuous_training(
             "ct.params_hash": params.params_hash(),
         }
         previous = None if dry_run or force else find_decision(experiment_id, lineage, params)
+        redecided = None
+        if previous is not None and redecide:
+            redecided = redecision(previous, redecide)  # RedecideRefused: not a decision
+            logger.warning("%s", redecided)
+            previous = None
         if previous is not None:
             logger.info(
                 "skipping: run %s already decided %s on this data, params and code",
@@ -162,6 +173,7 @@ def _continuous_training(
                 run_id=trained.run_id,
                 flow_run=outcome.flow_run,
             ).with_report(report)
+            result = mark_redecided(result, redecided, redecide)
             if not dry_run:
                 complete_run(trained.run_id, champion.version if champion else None)
             notify(result, params)
@@ -180,6 +192,7 @@ def _continuous_training(
                 flow_run=outcome.flow_run,
                 error=f"promotions frozen by {freeze.actor} since {freeze.at}: {freeze.reason}",
             ).with_report(report)
+            frozen = mark_redecided(frozen, redecided, redecide)
             notify(frozen, params)
             return frozen
         step = "image"  # built, pushed and found by digest before the alias moves
@@ -205,9 +218,10 @@ def _continuous_training(
             deploy=f"{image.summary()}; {deployed.summary()}",
             flow_run=outcome.flow_run,
         ).with_report(report)
+        result = mark_redecided(result, redecided, redecide)
         notify(result, params)
         return result
-    except GateRejected:
+    except (GateRejected, RedecideRefused):
         raise
     except Exception as exc:
         error = failure_text(exc, params)  # names the service that failed; no credentials

@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.config import Params
-from tasks.data import DataVersion
+from tasks.data import DataVersion, repo_from_lineage
 from tasks.deploy import ModelIdentity
 from tasks.train import TrackingError
 
@@ -118,7 +118,10 @@ def champion_data_version(params: Params) -> DataVersion | None:
     tags = client.get_run(run_id).data.tags
     try:
         return DataVersion(
-            tags["ct.data_repo"], tags["ct.data_path"], tags["ct.data_rev"], tags["ct.data_md5"]
+            repo_from_lineage(tags["ct.data_repo"], params),
+            tags["ct.data_path"],
+            tags["ct.data_rev"],
+            tags["ct.data_md5"],
         )
     except KeyError as exc:
         raise TrackingError(f"champion v{version} (run {run_id}) lacks lineage tag {exc}") from exc

@@ -27,6 +27,7 @@ from tasks.data_versions import (  # re-exported: the data stage's public names
     publish_batch,
     resolve_version,
 )
+from tasks.services import REDACTED, redact
 
 __all__ = [
     "DataError",
@@ -280,12 +281,28 @@ def lineage_tags(version: DataVersion) -> dict[str, str]:
         used = json.dumps([f"{v.rev[:12]}:{v.md5}" for v in version.window], separators=(",", ":"))
     return {
         "ct.data_md5": version.md5,
-        "ct.data_repo": version.repo,
+        "ct.data_repo": redact(version.repo),  # credentials come back at read: repo_from_lineage
         "ct.data_path": version.path,
         "ct.data_rev": version.rev,
         "ct.data_window": str(len(version.window)),
         "ct.data_versions": used,
     }
+
+
+def repo_from_lineage(stored: str, params: Params) -> str:
+    """The repository to re-open from a run's ``ct.data_repo`` tag, which holds it redacted.
+
+    The credentials are those of ``data.repo`` in params (itself from the environment or a
+    secret, never from the tracking store) when it names the same repository; otherwise the
+    address without them, for git's own credential helper or environment to authenticate."""
+    if REDACTED not in stored:
+        return stored
+    if redact(params.data.repo) == stored:
+        return params.data.repo
+    log.warning(
+        "the data repository %s is not data.repo in params: opened without credentials", stored
+    )
+    return stored.replace(f"{REDACTED}@", "")
 
 
 def _retry_unless_missing(task: Any, task_run: Any, state: Any) -> bool:

@@ -1,12 +1,18 @@
-"""Earlier decisions on the same data, params and code: whether one still holds now."""
+"""Earlier decisions on the same data, params and code: whether one still holds now, and
+whether an operator may have it decided again (``ctflows run --redecide``)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.champion import current_champion_version
 from tasks.config import Params
+from tasks.errors import CtflowsError, ErrorKind
+from tasks.gates.registry import builtin_gates
+from tasks.notify import RunOutcome
 from tasks.train import PreviousRun, find_previous_run
 
 
@@ -41,3 +47,50 @@ def find_decision(
         champion or "(none)",
     )
     return None
+
+
+class RedecideRefused(CtflowsError, ValueError):
+    """``--redecide`` asked for a decision that was not a rejection by machine-measuring gates
+    alone; the message says what the earlier run decided and what to do instead."""
+
+    kind = ErrorKind.BAD_INPUT
+
+
+def machine_gates() -> frozenset[str]:
+    """The built-in gates that measure the machine the run is on rather than the model."""
+    return frozenset(n for n, g in builtin_gates().items() if g.measures_machine)
+
+
+def redecision(previous: PreviousRun, actor: str) -> str:
+    """The note recorded with a re-decision of ``previous`` asked by ``actor``; RedecideRefused
+    unless ``previous`` is a rejection by gates that measure the machine, and nothing else."""
+    machine = machine_gates()
+    allowed = ", ".join(sorted(machine))
+    if previous.decision != "reject":
+        raise RedecideRefused(
+            f"run {previous.run_id} decided {previous.decision!r} on this data, params and "
+            f"code: nothing to re-decide (--redecide re-decides a rejection by {allowed})"
+        )
+    if previous.failed_gates is None:
+        raise RedecideRefused(
+            f"run {previous.run_id} rejected this data but does not record which gates did "
+            "(it predates ct.failed_gates): retrain it with --force"
+        )
+    model_gates = sorted(set(previous.failed_gates) - machine)
+    if model_gates or not previous.failed_gates:
+        raise RedecideRefused(
+            f"run {previous.run_id} was rejected by {', '.join(model_gates) or 'no gate'}, which "
+            f"judge the model, not the machine: --redecide re-decides only rejections by "
+            f"{allowed}; --force retrains and skips no_regression and significance"
+        )
+    return (
+        f"re-decided at the request of {actor}: run {previous.run_id} had rejected this data on "
+        f"{', '.join(previous.failed_gates)} (measured on the machine, not the model)"
+    )
+
+
+def mark_redecided(outcome: RunOutcome, note: str | None, actor: str | None) -> RunOutcome:
+    """``outcome`` carrying the re-decision's note and who asked, for the history."""
+    if note is None:
+        return outcome
+    return replace(outcome, redecided=note, actor=actor)

@@ -145,7 +145,12 @@ def log_report(report: GateReport, run_id: str) -> None:
     client.log_dict(run_id, report.to_dict(), "gates/report.json")
     client.log_text(run_id, report.to_markdown(), "gates/report.md")
     # one write for all metrics and the decision (one store round trip each, otherwise)
-    client.log_batch(run_id, metrics=metrics, tags=[RunTag("ct.decision", report.decision)])
+    failed = ",".join(sorted({g.gate or g.name for g in report.failed}))  # read by --redecide
+    client.log_batch(
+        run_id,
+        metrics=metrics,
+        tags=[RunTag("ct.decision", report.decision), RunTag("ct.failed_gates", failed)],
+    )
 
 
 def log_report_plots(report: GateReport, run_id: str) -> int:

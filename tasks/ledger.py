@@ -129,7 +129,7 @@ def record_decision(outcome: RunOutcome, params: Params, actor: str | None = Non
         "ct.previous_version": outcome.previous_version or "",
         "ct.data_md5": outcome.data_md5,
         "ct.gate": deciding_gate(outcome)[:4000],
-        "ct.detail": (outcome.error or "")[:4000],
+        "ct.detail": (outcome.error or outcome.redecided or "")[:4000],
         "ct.actor": actor or outcome.actor or "flow",
         "ct.training_run": outcome.run_id or "",
         "ct.flow_run": outcome.flow_run or "",

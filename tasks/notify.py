@@ -67,6 +67,7 @@ class RunOutcome:
     flow_run: str | None = None
     report: str | None = None
     actor: str | None = None  # who acted, for operator actions (promote, rollback by hand)
+    redecided: str | None = None  # a re-decision (`ctflows run --redecide`): who asked, of what
 
     def with_report(self, report: GateReport) -> RunOutcome:
         """This outcome with the primary metric of both models and the failed gates."""

@@ -25,16 +25,18 @@ from tasks.errors import CtflowsError, ErrorKind
 T = TypeVar("T")
 
 # user:password@ (or user@ / :token@) in the authority of any URL, e.g.
-# postgresql://user:pass@db/mlflow, https://user:token@mlflow.example
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@'\"<>]+@")
+# postgresql://user:pass@db/mlflow, https://user:token@mlflow.example; up to the authority's
+# last @, so a password holding a raw @ (https://u:p@ss@host) is removed whole
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s'\"<>]+@")
 # secrets passed as query parameters: ?token=..., &password=..., X-Amz-Signature=...
 _QUERY_SECRET = re.compile(
     r"(?P<key>[?&;](?:[A-Za-z0-9_\-]*(?:token|secret|password|passwd|pwd|key|signature|sig|auth)"
     r"[A-Za-z0-9_\-]*))=[^&\s'\"<>]+",
     re.IGNORECASE,
 )
-# Slack incoming webhook paths are credentials themselves
-_SLACK_HOOK = re.compile(r"(hooks\.slack\.com/services/)[A-Za-z0-9/_\-]+")
+# Slack webhook paths are credentials themselves: incoming webhooks (services/) and Workflow
+# Builder triggers (triggers/, workflows/)
+_SLACK_HOOK = re.compile(r"(hooks\.slack\.com/(?:services|triggers|workflows)/)[A-Za-z0-9/_\-]+")
 REDACTED = "***"
 
 

@@ -67,6 +67,7 @@ class PreviousRun:
     decision: str
     model_version: str | None
     champion: str | None = None  # the champion version it was compared with ("none": none)
+    failed_gates: tuple[str, ...] | None = None  # the gates that rejected it (None: not recorded)
 
 
 def training_lock(params: Params) -> str:
@@ -209,6 +210,11 @@ def find_previous_run(
         decision=tags.get("ct.decision", "unknown"),
         model_version=tags.get("ct.model_version"),
         champion=tags.get("ct.champion"),
+        failed_gates=(
+            tuple(g for g in tags["ct.failed_gates"].split(",") if g)
+            if "ct.failed_gates" in tags
+            else None
+        ),
     )
 
 

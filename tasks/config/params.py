@@ -23,6 +23,7 @@ from tasks.config.operations import (
     TriggerParams,
     WorkPoolParams,
 )
+from tasks.config.reading import load_yaml_bounded, read_bounded
 from tasks.config.shipping import (
     DeployParams,
     ImageParams,
@@ -145,10 +146,9 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
 
 
 def _read_mapping(file: Path) -> dict[str, Any]:
+    text = read_bounded(file)
     try:
-        raw = yaml.safe_load(file.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{file} not found: run from the project root or pass its path") from exc
+        raw = load_yaml_bounded(file, text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -44,6 +44,9 @@ class BaseGate:
     name: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = GateRule
     force_skippable: ClassVar[bool] = False
+    # measures the machine the run is on (timing, memory) rather than the model's predictions:
+    # a rejection by such gates alone may be re-decided (`ctflows run --redecide`)
+    measures_machine: ClassVar[bool] = False
     order: ClassVar[int] = 100  # position of built-in gates in the report
 
     def __init__(self, params: BaseModel) -> None:

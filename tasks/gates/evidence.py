@@ -3,13 +3,14 @@ their metrics, and measurements taken once on demand (timings). Built once per c
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from tasks.gates.timing import time_calls
 from tasks.metrics import TaskType, compute_metrics
 from tasks.reports import EvaluationError
 
@@ -214,17 +215,11 @@ def measure_latency(
     warmup: int,
     task: TaskType = "binary",
 ) -> tuple[float, float | None]:
-    """p95 seconds of one prediction call on ``batch``, both models interleaved after warm-up."""
+    """p95 seconds of one prediction call on ``batch``, both models interleaved after warm-up
+    (see :mod:`tasks.gates.timing`: the time spent waiting for a CPU is not counted)."""
     models = [candidate] if champion is None else [candidate, champion]
-    for _ in range(warmup):
-        for m in models:
-            predict(m, batch, task)
-    times: list[list[float]] = [[] for _ in models]
-    for i in range(repeats):
-        order = range(len(models)) if i % 2 == 0 else reversed(range(len(models)))
-        for k in order:
-            started = time.perf_counter()
-            predict(models[k], batch, task)
-            times[k].append(time.perf_counter() - started)
-    p95 = [float(np.percentile(t, 95)) for t in times]
+    timings = time_calls(
+        [functools.partial(predict, m, batch, task) for m in models], repeats, warmup
+    )
+    p95 = [timings.quantile(k, 95) for k in range(len(models))]
     return p95[0], (p95[1] if champion is not None else None)

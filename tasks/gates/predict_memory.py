@@ -173,6 +173,7 @@ class PredictMemoryGate(BaseGate):
     name = "predict_memory"
     Params = PredictMemoryParams
     order = 55
+    measures_machine = True
 
     def evaluate(self, evidence: Evidence) -> list[GateResult]:
         rule = self.params

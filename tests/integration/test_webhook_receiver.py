@@ -306,3 +306,69 @@ def test_requests_go_to_the_model_whose_data_they_name(prefect_api, tmp_path):
     assert explicit.status == 202 and explicit.body["deployment"].endswith("/churn-b-on-new-data")
     assert refused.status == 422 and "churn-a (data/churn-a.parquet)" in refused.body["error"]
     assert len(runs) == 3
+
+
+def test_a_token_in_the_data_repo_is_neither_answered_nor_logged(prefect_api, tmp_path):
+    """A request without md5 is resolved against data.repo; when that fails, the 422 says why
+    without the repository's credentials, and so does the receiver's log."""
+    import yaml
+
+    with socket.socket() as closed:  # a git server that is not there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    params_file = write_params(tmp_path / "project")
+    raw = yaml.safe_load(params_file.read_text())
+    raw["data"]["repo"] = f"http://ci-bot:ghp_t0kenZZ@127.0.0.1:{port}/team/data.git"
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    log = tmp_path / "receiver.log"
+    body = json.dumps({"path": "data/batch.parquet", "rev": "main"}).encode()
+    with receiver_process(params_file, SECRET, prefect_api, log) as url:
+        answer = post(url, body, signed_headers(SECRET, body))
+    assert answer.status == 422, answer
+    assert "cannot resolve" in answer.body["error"] and "127.0.0.1" in answer.body["error"]
+    assert "t0kenZZ" not in answer.body["error"] and "ci-bot" not in answer.body["error"]
+    logged = log.read_text()
+    assert "cannot resolve" in logged and "t0kenZZ" not in logged
+
+
+def test_fields_the_receiver_cannot_use_are_the_senders_error_not_a_retry(receiver_alone):
+    bad = [
+        json.dumps({"path": "data/x.parquet", "rev": "r" * 200_000}).encode(),
+        json.dumps({"path": "data/\u0000.parquet", "rev": "main"}).encode(),
+        b'{"path": "data/\\ud800.parquet", "rev": "main"}',
+        b'{"path": "p", "rev": "r", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ]
+    with receiver_alone() as url:
+        answers = [post(url, body, signed_headers(SECRET, body)) for body in bad]
+        assert post(url, BODY, signed_headers(SECRET, BODY)).status == 202
+    assert [a.status for a in answers] == [422, 422, 422, 400], answers
+    assert all("retry" not in a.body["error"] for a in answers)
+
+
+def test_the_same_md5_at_two_paths_is_two_data_versions_in_either_order(receiver_alone):
+    """Never answered with the run started for the other path; a second revision of the same
+    bytes at the same path shares its run."""
+    since = time.time() - 1
+
+    def body(path: str, rev: str, md5: str) -> bytes:
+        return json.dumps({"path": path, "rev": rev, "md5": md5}).encode()
+
+    with receiver_alone() as url:
+        answers = {}
+        for md5, paths in (
+            ("4" * 32, ("data/a.parquet", "data/b.parquet")),
+            ("5" * 32, ("data/b.parquet", "data/a.parquet")),
+        ):
+            for i, path in enumerate(paths):
+                sent = body(path, f"r{i}", md5)
+                answers[md5, path] = post(url, sent, signed_headers(SECRET, sent))
+        again = body("data/a.parquet", "r7", "4" * 32)
+        shared = post(url, again, signed_headers(SECRET, again))
+    assert all(a.status == 202 for a in answers.values()), answers
+    for (_md5, path), answer in answers.items():
+        assert answer.body["parameters"]["path"] == path and answer.body["duplicate"] is False
+    ids = {a.body["flow_run_id"] for a in answers.values()}
+    assert len(ids) == 4
+    assert shared.status == 202 and shared.body["duplicate"] is True
+    assert shared.body["flow_run_id"] == answers["4" * 32, "data/a.parquet"].body["flow_run_id"]
+    assert {str(r.id) for r in runs_of(DATA_LANDED, since)} == ids

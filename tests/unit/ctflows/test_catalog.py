@@ -77,3 +77,31 @@ def test_bad_folder_name_and_extends_loop(tmp_path):
 
     with pytest.raises(ConfigError, match="loops"):
         load_params(loop)
+
+
+@pytest.mark.parametrize(("canary", "plain"), [("a", "b"), ("b", "a")])
+def test_a_canary_deployment_may_not_be_another_models_deployment(tmp_path, canary, plain):
+    """A canary rollout patches `<deployment>-canary`: another model's pods, if it is named so
+    (in either order of the folders)."""
+    write_params(tmp_path)
+    declare(
+        tmp_path,
+        canary,
+        registry={"model_name": canary},
+        deploy={"deployment": "churn", "strategy": "canary"},
+    )
+    declare(tmp_path, plain, registry={"model_name": plain}, deploy={"deployment": "churn-canary"})
+    with pytest.raises(ConfigError) as err:
+        discover(tmp_path)
+    message = str(err.value)
+    assert "'ctflows/churn-canary'" in message and "deploy.canary.suffix" in message
+    assert f"{canary}'s deploy.deployment + deploy.canary.suffix" in message
+    assert f"{plain}'s deploy.deployment" in message
+
+
+def test_a_canary_of_its_own_name_space_is_accepted(tmp_path):
+    write_params(tmp_path)
+    canary = {"deployment": "churn", "strategy": "canary"}
+    declare(tmp_path, "a", registry={"model_name": "a"}, deploy=canary)
+    declare(tmp_path, "b", registry={"model_name": "b"}, deploy={"deployment": "churn-blue"})
+    assert [m.name for m in discover(tmp_path)] == ["a", "b"]

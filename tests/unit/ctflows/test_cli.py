@@ -45,3 +45,12 @@ def test_unknown_model_exits_2_listing_the_known_ones(tmp_path, capsys):
         "exit_code": 2,
     }
     assert "known models: churn-classifier" in captured.err
+
+
+@pytest.mark.parametrize("other", ["--force", "--dry-run"])
+def test_redecide_with_force_or_dry_run_is_refused(tmp_path, capsys, other):
+    from tests.helpers import write_params
+
+    write_params(tmp_path)
+    code = main(["run", "churn-classifier", "--redecide", other, "--project", str(tmp_path)])
+    assert code == 2 and "--redecide" in capsys.readouterr().err

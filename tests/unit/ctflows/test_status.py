@@ -1,3 +1,5 @@
+import json
+
 from ctflows.status import Status, render
 
 
@@ -39,3 +41,24 @@ def test_status_reads_at_a_glance():
     assert "journal     OPEN: move to v2 from v1" in text
     assert "FROZEN by oncall since t: incident 42" in text
     assert "!! prefect not read" in text
+
+
+def test_status_json_holds_no_credentials_of_the_tracking_uri(tmp_path, monkeypatch, capsys):
+    """MLflow's client sends the user:token@ of MLFLOW_TRACKING_URI; status prints links to
+    the MLflow UI (and the reason MLflow was not read) without them."""
+    import socket
+
+    from ctflows.cli import main
+    from tests.helpers import write_params
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    write_params(tmp_path, timeouts={"mlflow": 1, "mlflow_retries": 0})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://ci:p@ss-t0ken@127.0.0.1:{port}/mlflow")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    main(["status", "--json", "--project", str(tmp_path), "churn-classifier"])
+    out = capsys.readouterr().out
+    assert "t0ken" not in out and "ci:" not in out
+    payload = json.loads(out)
+    assert payload["links"]["mlflow"].startswith(f"https://127.0.0.1:{port}/mlflow/#/models/")

@@ -2,6 +2,7 @@ import asyncio
 import datetime
 import hashlib
 import hmac
+import json
 from types import SimpleNamespace
 
 import httpx
@@ -82,6 +83,17 @@ def test_bad_and_malformed_signatures_are_refused_with_401(mutate, words):
         (b'{"path": "p", "rev": "r", "md5": "short"}', 422),
         (b'{"path": "p", "rev": "r", "model": 7}', 422),
         (('{"path": "p", "rev": "r", "md5": "' + "é" * 32 + '"}').encode(), 422),
+        # fields the receiver cannot pass on are the sender's error, never "retry" (503)
+        (json.dumps({"path": "p" * 200_000, "rev": "r"}).encode(), 422),
+        (json.dumps({"path": "p", "rev": "r" * 200_000}).encode(), 422),
+        (json.dumps({"path": "data/\u0000x.parquet", "rev": "r"}).encode(), 422),
+        (json.dumps({"path": "p", "rev": "r\u0000"}).encode(), 422),
+        (b'{"path": "data/\\ud800.parquet", "rev": "r"}', 422),
+        (b'{"path": "p", "rev": "\\udfff"}', 422),
+        (b'{"path": "p", "rev": "--upload-pack=touch /tmp/x"}', 422),
+        (json.dumps({"path": "p", "rev": "r", "model": "m" * 100_000}).encode(), 422),
+        (b'{"path": "p", "rev": "r", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400),
+        (b"[" * 100_000 + b"]" * 100_000, 400),
     ],
 )
 def test_malformed_bodies_are_refused(body, status):
@@ -90,9 +102,11 @@ def test_malformed_bodies_are_refused(body, status):
     assert err.value.status == status
 
 
-def test_the_data_identity_is_the_md5_when_given():
+def test_a_data_version_is_its_path_and_md5_whatever_the_revision():
     md5 = "a" * 32
-    assert Landed("p", "r1", md5).tag == Landed("q", "r2", md5).tag
+    assert Landed("p", "r1", md5).identity == Landed("p", "r2", md5).identity
+    assert Landed("p", "r1", md5).identity != Landed("q", "r1", md5).identity
+    assert Landed("p", "r1", md5).tag == Landed("q", "r2", md5).tag  # the same bytes
     assert Landed("p", "r1", None).identity != Landed("p", "r2", None).identity
 
 
@@ -114,7 +128,7 @@ def test_only_a_run_that_did_not_finish_moves_its_data_on_to_a_new_attempt(state
 
 def test_the_key_names_the_model_the_data_and_the_attempt():
     landed = Landed("p", "r", "m" * 32, "churn")
-    assert landed.idempotency_key(0) == f"data-landed:churn:{'m' * 32}#0"
+    assert landed.idempotency_key(0) == f"data-landed:churn:p@{'m' * 32}#0"
     assert landed.idempotency_key(0) != landed.idempotency_key(1)
     other_model = Landed("p", "r", "m" * 32, "fraud")
     assert other_model.idempotency_key(0) != landed.idempotency_key(0)
@@ -281,3 +295,26 @@ def test_a_prefect_that_stays_busy_gets_its_503_back_after_the_short_retries():
 
     assert asyncio.run(create()).status_code == 503
     assert len(seen) == 3  # two short retries, then the answer goes to Prefect's own retries
+
+
+@pytest.mark.parametrize("first", ["data/a.parquet", "data/b.parquet"])
+def test_the_same_md5_at_another_path_gets_a_run_of_its_own_in_either_order(first):
+    from deployments.run_starter import RunStarter
+
+    prefect = FakePrefect()
+    starter = RunStarter(prefect, "continuous-training/on-new-data", "params.yaml")
+    second = "data/b.parquet" if first == "data/a.parquet" else "data/a.parquet"
+    md5 = "c" * 32
+
+    async def land(path: str, rev: str):
+        landed = Landed(path, rev, md5)
+        async with starter.one_at_a_time(landed.identity):
+            return await starter.start(landed)
+
+    one = asyncio.run(land(first, "r1"))
+    other = asyncio.run(land(second, "r2"))
+    assert other.flow_run_id != one.flow_run_id and not other.duplicate
+    assert (one.parameters["path"], other.parameters["path"]) == (first, second)
+    moved = asyncio.run(land(first, "r9"))  # the same bytes at the same path, another commit
+    assert moved.flow_run_id == one.flow_run_id and moved.duplicate
+    assert moved.parameters["rev"] == "r1"  # the answer says which run it shares

@@ -167,7 +167,9 @@ def test_a_gate_that_raises_fails_the_run_instead_of_deciding(rows, tmp_path, mo
         compare(Fixed(good), Fixed(vague), holdout, params.gates, params.data)
 
 
-def test_a_disturbed_latency_timer_is_an_error_not_a_rejection(rows, tmp_path):
+def test_a_slow_spell_of_the_candidate_does_not_decide(rows, tmp_path):
+    """The candidate's first calls are slow (a spell, not the model): the median of paired
+    calls passes it, instead of calling the run an error ("timer disturbed") or rejecting it."""
     holdout, _, good, vague = rows
     params = small_params(
         tmp_path,
@@ -181,8 +183,10 @@ def test_a_disturbed_latency_timer_is_an_error_not_a_rejection(rows, tmp_path):
             }
         },
     )
-    with pytest.raises(GateError, match=r"latency.*disturbed"):
-        compare(SlowAtFirst(good, 22), Fixed(vague), holdout, params.gates, params.data)
+    report = compare(SlowAtFirst(good, 12), Fixed(vague), holdout, params.gates, params.data)
+    gate = report.gate("latency")
+    assert gate.status == "passed", gate.reason
+    assert "interleaved calls each" in gate.reason
 
 
 class SlowerBy(Fixed):

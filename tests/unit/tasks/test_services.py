@@ -25,6 +25,16 @@ from tasks.services import (
         ("https://mlflow.example/?token=s3cr3t", "s3cr3t", "mlflow.example"),
         ("posted to https://hooks.slack.com/services/T0/B0/XyZ", "XyZ", "hooks.slack.com"),
         ("mysql+pymysql://root:pw@localhost/db and https://user:tok@other", "tok", "other"),
+        # a raw @ in the password: its tail is no less secret than its head
+        ("https://bob:p@ss@w0rd@mlflow.example/api", "w0rd", "***@mlflow.example/api"),
+        ("https://bob:p@ssw0rd@mlflow.example/", "ssw0rd", "***@mlflow.example/"),
+        # Slack Workflow Builder webhooks
+        (
+            "to https://hooks.slack.com/triggers/T0/123/abcSECRET",
+            "abcSECRET",
+            "slack.com/triggers/",
+        ),
+        ("to https://hooks.slack.com/workflows/T0/A1/22/xyzSECRET", "xyzSECRET", "/workflows/"),
     ],
 )
 def test_credentials_in_urls_are_redacted(text, secret, kept):
@@ -34,7 +44,10 @@ def test_credentials_in_urls_are_redacted(text, secret, kept):
 
 
 def test_plain_addresses_are_left_alone():
-    text = "MLflow at http://127.0.0.1:5000 did not answer; see sqlite:////tmp/mlflow.db"
+    text = (
+        "MLflow at http://127.0.0.1:5000 did not answer; see sqlite:////tmp/mlflow.db; "
+        "https://host/x?q=a@b and mail ops@example.com"
+    )
     assert redact(text) == text
 
 
