@@ -119,7 +119,7 @@ def create_app(
         holder.load()
 
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:  # on the event loop: no worker thread needed
         return {"status": "alive"}
 
     @app.get("/ready")
@@ -153,11 +153,12 @@ def create_app(
         declared = _content_length(request)
         if declared is not None and declared > limits.max_body_bytes:
             return _too_large(limits)
-        async with budget.hold(min(declared or limits.max_body_bytes, limits.max_body_bytes)):
-            body = await _read_body(request, limits.max_body_bytes)
-            if body is None:
-                return _too_large(limits)
-            # parsing, checking and scoring run on a worker thread: /health stays answered
+        body = await _read_body(request, limits.max_body_bytes)
+        if body is None:
+            return _too_large(limits)
+        # a body grows ~15x once parsed: only so many bytes of bodies are parsed at once, and
+        # on a worker thread, so that /health stays answered meanwhile
+        async with budget.hold(len(body)):
             return await run_in_threadpool(
                 _answer, holder, inference_log, telemetry, body, caller_id
             )
@@ -205,8 +206,8 @@ def _answer(
 
 
 class ByteBudget:
-    """At most ``limit`` bytes of request bodies read and scored at once; the rest wait,
-    unread (the kernel's socket buffers hold them), so memory stays bounded under load."""
+    """At most ``limit`` bytes of request bodies parsed and scored at once; the rest wait
+    (holding their raw bytes only), so memory stays bounded under load."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0

@@ -225,7 +225,13 @@ class InferenceLog:
         n = sum(len(p.records) for p in batch)
         self.telemetry.buffered.dec(n)
         written = 0
-        parts, unwritable = self._tables(batch, self.config.buffer_rows)
+        try:
+            parts, unwritable = self._tables(batch, self.config.buffer_rows)
+        except Exception as exc:  # a bug here must not stop the flusher thread for good
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.telemetry.dropped.labels("unwritable_record").inc(n)
+            log.exception("inference log could not build the tables of %d records", n)
+            return 0
         if unwritable:
             self.telemetry.dropped.labels("unwritable_record").inc(unwritable)
             log.error("inference log dropped %d records it cannot write as JSON", unwritable)

@@ -13,8 +13,9 @@ burns a core or drops every record.
 - ``DECISION_THRESHOLD`` (0.5): a score at or above it is decision 1 (a finite number);
 - ``CTFLOWS_SERVING_MAX_BODY_BYTES`` (16 MiB): the largest /predict body, 1 KiB to 1 GiB;
   larger ones are answered 413 before they are read;
-- ``CTFLOWS_SERVING_MAX_INFLIGHT_BYTES`` (4 x the max body): the bodies read and scored at
-  once, in bytes; a request past it waits, unread, until the ones ahead are answered.
+- ``CTFLOWS_SERVING_MAX_INFLIGHT_BYTES`` (4 x the max body): the bodies parsed and scored at
+  once, in bytes (a parsed body takes ~15x its size); a request past it waits, holding only
+  its raw body, until the ones ahead are answered.
 """
 
 from __future__ import annotations

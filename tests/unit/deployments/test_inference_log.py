@@ -203,13 +203,18 @@ def test_one_unwritable_record_is_dropped_alone_and_a_huge_integer_is_logged_exa
         huge = {**records[0], "customer_id": 2**64}  # a field the model does not use
         answer = client.post("/predict", json={"records": [huge]})
         assert answer.status_code == 200, answer.text
+        surrogate = {**records[0], "note": "\ud800"}  # a lone surrogate, as JSON allows
+        body = json.dumps({"records": [surrogate]})  # "\\ud800", escaped as JSON sends it
+        assert client.post("/predict", content=body).status_code == 200
         too_big = {**records[0], "age": 2**64}  # a long column of the signature
         assert client.post("/predict", json={"records": [too_big]}).status_code == 422
         # what no JSON encoder can write, queued straight into the log beside the others
         app.state.inference_log.record("direct", [{"x": 2**64, "y": float("nan")}], [0.5])
     text = TestClient(app).get("/metrics").text
     log = read_log(tmp_path / "log")
-    assert len(log) == 301
+    assert len(log) == 302
+    notes = [json.loads(f).get("note") for f in log["features"]]
+    assert "\ud800" in notes
     logged = json.loads(
         log.loc[log["prediction_id"] == answer.json()["request_id"], "features"].iloc[0]
     )
@@ -218,7 +223,7 @@ def test_one_unwritable_record_is_dropped_alone_and_a_huge_integer_is_logged_exa
         metric(text, 'ctflows_inference_log_dropped_records_total{reason="unwritable_record"}') == 1
     )
     assert metric(text, 'ctflows_inference_log_dropped_records_total{reason="sink_error"}') == 0
-    assert metric(text, "ctflows_inference_log_records_total") == 301
+    assert metric(text, "ctflows_inference_log_records_total") == 302
 
 
 def test_a_batch_larger_than_the_buffer_is_written_in_parts(saved_model, tmp_path):
