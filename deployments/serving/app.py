@@ -54,6 +54,20 @@ from deployments.serving.validation import (
 )
 
 log = logging.getLogger("ctflows.serving")
+PREDICT_BODY = {  # what /docs shows; the body is read and checked by the endpoint itself
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["records"],
+                "properties": {
+                    "records": {"type": "array", "minItems": 1, "items": {"type": "object"}}
+                },
+            }
+        }
+    },
+}
 
 
 class ModelHolder:
@@ -142,7 +156,7 @@ def create_app(
     def metrics() -> Response:
         return Response(telemetry.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra={"requestBody": PREDICT_BODY})
     async def predict(request: Request) -> Response:
         try:
             caller_id = client_request_id(request.headers.get("x-request-id"))
