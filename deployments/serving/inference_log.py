@@ -1,24 +1,25 @@
 """The serving app's inference log and its Prometheus metrics.
 
-Every prediction is recorded (request id, time, model name and version, image digest, the
-input features as received, the score and the decision) into a bounded in-memory buffer that a
-background thread flushes to Parquet files at any fsspec URL, partitioned by day and model
-version::
+Every prediction is recorded (its prediction id, the request id the server gave the request,
+the caller's ``X-Request-ID``, time, model name and version, image digest, the input features
+as received, the score and the decision) into a bounded in-memory buffer that a background
+thread flushes to Parquet files at any fsspec URL, partitioned by day and model version::
 
     <url>/day=2026-11-24/model_version=7/part-<unix ns>-<random>.parquet
 
-Recording never blocks and never raises into the request: when the buffer is full the new
-records are dropped, when the sink raises the flushed records are dropped, and both are
-counted (``/metrics``). Configured by environment, because the serving image has no
-params.yaml:
+Ids: every request gets a fresh random ``request_id`` (32 hex digits) from the server; its
+record ``i`` is the prediction ``<request_id>/<i>`` (a one-record request: ``<request_id>``),
+so prediction ids never collide, whatever the callers send. The caller's ``X-Request-ID`` is
+kept as it was sent in ``client_request_id`` (null when none was sent).
 
-- ``CTFLOWS_INFERENCE_LOG``: ``on`` (default) or ``off``;
-- ``CTFLOWS_INFERENCE_LOG_URL``: where the files go (default ``.ctflows/inference-log``;
-  ``s3://bucket/prefix`` with s3fs installed);
-- ``CTFLOWS_INFERENCE_LOG_BUFFER_ROWS`` (10000), ``CTFLOWS_INFERENCE_LOG_FLUSH_ROWS`` (2000),
-  ``CTFLOWS_INFERENCE_LOG_FLUSH_SECONDS`` (5);
-- ``MODEL_NAME``, ``MODEL_VERSION``, ``IMAGE_DIGEST``: the identity stamped on each record;
-- ``DECISION_THRESHOLD`` (0.5): a score at or above it is decision 1.
+Recording never blocks and never raises into the request. A request is queued whole when it
+fits in the buffer's free rows; a request larger than the whole buffer is queued when no
+other such request waits, and written in parts of at most ``buffer_rows`` rows. Otherwise it
+is dropped (``buffer_full``). When the sink raises, the records of the part it was writing are
+dropped (``sink_error``); a record that cannot be written at all is dropped alone
+(``unwritable_record``) and never takes the records flushed beside it along. Every loss is
+counted (``/metrics``). Configured by environment (``deployments/serving/settings.py``), and
+``MODEL_NAME``, ``MODEL_VERSION``, ``IMAGE_DIGEST``: the identity stamped on each record.
 """
 
 from __future__ import annotations
@@ -30,22 +31,42 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from deployments.serving.settings import LogConfig
+from deployments.serving.telemetry import Telemetry
+
+__all__ = [
+    "COLUMNS",
+    "SCHEMA_VERSION",
+    "FsspecSink",
+    "InferenceLog",
+    "LogConfig",
+    "ModelStamp",
+    "Sink",
+    "Telemetry",
+    "arrow_schema",
+    "client_request_id",
+    "closing_lifespan",
+    "new_request_id",
+    "open_inference_log",
+    "prediction_id",
+]
+
 if TYPE_CHECKING:
     import pyarrow as pa
-    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("ctflows.serving.inference_log")
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: request_id is the server's, client_request_id added
 COLUMNS = (
     "prediction_id",
     "request_id",
+    "client_request_id",
     "row",
     "batch_size",
     "time",
@@ -56,7 +77,6 @@ COLUMNS = (
     "score",
     "decision",
 )
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def arrow_schema() -> pa.Schema:
@@ -65,7 +85,8 @@ def arrow_schema() -> pa.Schema:
     return pa.schema(
         [
             ("prediction_id", pa.string()),
-            ("request_id", pa.string()),
+            ("request_id", pa.string()),  # the server's, unique per request
+            ("client_request_id", pa.string()),  # the caller's X-Request-ID, as sent
             ("row", pa.int32()),
             ("batch_size", pa.int32()),
             ("time", pa.timestamp("us", tz="UTC")),
@@ -101,32 +122,6 @@ class ModelStamp:
         )
 
 
-@dataclass(frozen=True)
-class LogConfig:
-    enabled: bool = True
-    url: str = ".ctflows/inference-log"
-    buffer_rows: int = 10_000
-    flush_rows: int = 2_000
-    flush_seconds: float = 5.0
-    threshold: float = 0.5
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> LogConfig:
-        env = os.environ if environ is None else environ
-        p = "CTFLOWS_INFERENCE_LOG"
-        try:
-            return cls(
-                enabled=env.get(p, "on").lower() not in {"off", "0", "false", "no"},
-                url=env.get(f"{p}_URL", cls.url),
-                buffer_rows=int(env.get(f"{p}_BUFFER_ROWS", cls.buffer_rows)),
-                flush_rows=int(env.get(f"{p}_FLUSH_ROWS", cls.flush_rows)),
-                flush_seconds=float(env.get(f"{p}_FLUSH_SECONDS", cls.flush_seconds)),
-                threshold=float(env.get("DECISION_THRESHOLD", cls.threshold)),
-            )
-        except ValueError as exc:
-            raise ValueError(f"invalid {p}_* or DECISION_THRESHOLD setting: {exc}") from exc
-
-
 class Sink(Protocol):
     def write(self, table: pa.Table, day: str, model_version: str) -> str: ...
 
@@ -153,50 +148,10 @@ class FsspecSink:
         return path
 
 
-class Telemetry:
-    """Prometheus metrics of the serving app, in a registry of its own."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "ctflows_predict_requests", "Prediction requests by HTTP status", ["status"], registry=r
-        )
-        self.predictions = Counter("ctflows_predictions", "Records scored by /predict", registry=r)
-        self.latency = Histogram(
-            "ctflows_predict_latency_seconds",
-            "Time to answer /predict",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.logged = Counter(
-            "ctflows_inference_log_records", "Predictions written to the inference log", registry=r
-        )
-        self.dropped = Counter(
-            "ctflows_inference_log_dropped_records",
-            "Predictions the inference log lost, by reason",
-            ["reason"],
-            registry=r,
-        )
-        for reason in ("buffer_full", "sink_error"):
-            self.dropped.labels(reason)
-        self.buffered = Gauge(
-            "ctflows_inference_log_buffered_records",
-            "Predictions waiting to be written",
-            registry=r,
-        )
-
-    def render(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        return bytes(generate_latest(self.registry))
-
-
 @dataclass(frozen=True)
 class _Pending:
     request_id: str
+    client_request_id: str | None
     at: float
     records: Sequence[Mapping[str, Any]]
     scores: Sequence[float]
@@ -216,6 +171,7 @@ class InferenceLog:
         self.sink: Sink = sink or FsspecSink(config.url)
         self._buffer: list[_Pending] = []
         self._rows = 0
+        self._oversize = 0  # rows of the one request larger than the buffer, if queued
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -235,18 +191,24 @@ class InferenceLog:
         records: Sequence[Mapping[str, Any]],
         scores: Sequence[float],
         at: float | None = None,
+        client_request_id: str | None = None,
     ) -> bool:
-        """Queue one request's predictions; False (and counted) when the buffer is full."""
+        """Queue one request's predictions; False (and counted) when there is no room."""
         n = len(records)
+        pending: _Pending | None = _Pending(
+            request_id, client_request_id, at or time.time(), records, scores
+        )
         with self._lock:
-            if self._rows + n > self.config.buffer_rows:
-                full = True
-            else:
-                full = False
-                self._buffer.append(_Pending(request_id, at or time.time(), records, scores))
+            if self._rows + n <= self.config.buffer_rows:
                 self._rows += n
-                wake = self._rows >= self.config.flush_rows
-        if full:
+            elif n > self.config.buffer_rows and not self._oversize:
+                self._oversize = n  # one request larger than the buffer may wait at a time
+            else:
+                pending = None
+            if pending is not None:
+                self._buffer.append(pending)
+            wake = self._oversize or self._rows >= self.config.flush_rows
+        if pending is None:
             self.telemetry.dropped.labels("buffer_full").inc(n)
             return False
         self.telemetry.buffered.inc(n)
@@ -257,46 +219,68 @@ class InferenceLog:
     def flush(self) -> int:
         """Write what is buffered now; returns the records written (lost ones are counted)."""
         with self._lock:
-            batch, self._buffer, self._rows = self._buffer, [], 0
+            batch, self._buffer, self._rows, self._oversize = self._buffer, [], 0, 0
         if not batch:
             return 0
         n = sum(len(p.records) for p in batch)
         self.telemetry.buffered.dec(n)
         written = 0
         try:
-            for (day, version), table in self._tables(batch).items():
-                self.sink.write(table, day, version)
-                written += table.num_rows
-        except Exception as exc:  # a failing sink loses records, never a prediction
+            parts, unwritable = self._tables(batch, self.config.buffer_rows)
+        except Exception as exc:  # a bug here must not stop the flusher thread for good
             self.last_error = f"{type(exc).__name__}: {exc}"
-            self.telemetry.dropped.labels("sink_error").inc(n - written)
-            log.error("inference log lost %d records: %s", n - written, self.last_error)
+            self.telemetry.dropped.labels("unwritable_record").inc(n)
+            log.exception("inference log could not build the tables of %d records", n)
+            return 0
+        if unwritable:
+            self.telemetry.dropped.labels("unwritable_record").inc(unwritable)
+            log.error("inference log dropped %d records it cannot write as JSON", unwritable)
+        for (day, version), table in parts:
+            try:
+                self.sink.write(table, day, version)
+            except Exception as exc:  # a failing sink loses records, never a prediction
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.telemetry.dropped.labels("sink_error").inc(table.num_rows)
+                log.error("inference log lost %d records: %s", table.num_rows, self.last_error)
+            else:
+                written += table.num_rows
         self.telemetry.logged.inc(written)
         return written
 
-    def _tables(self, batch: list[_Pending]) -> dict[tuple[str, str], pa.Table]:
+    def _tables(
+        self, batch: list[_Pending], part_rows: int
+    ) -> tuple[list[tuple[tuple[str, str], pa.Table]], int]:
+        """The batch as tables of at most ``part_rows`` rows per day, and how many records
+        were left out because they cannot be written."""
         import numpy as np
         import pyarrow as pa
 
         stamp, threshold, encode = self.stamp, self.config.threshold, _json_encoder()
         columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
         days: list[str] = []
+        unwritable = 0
         for p in batch:
             size = len(p.records)
             micros = int(p.at * 1_000_000)
             day = _day(int(p.at // 86_400))
+            encoded = [encode(r) for r in p.records]
+            keep = [i for i, text in enumerate(encoded) if text is not None]
+            unwritable += size - len(keep)
             if size == 1:
-                columns["prediction_id"].append(p.request_id)
+                columns["prediction_id"].extend([p.request_id] * len(keep))
             else:
-                columns["prediction_id"].extend(f"{p.request_id}/{i}" for i in range(size))
-            columns["request_id"].extend([p.request_id] * size)
-            columns["row"].extend(range(size))
-            columns["batch_size"].extend([size] * size)
-            columns["time"].extend([micros] * size)
-            columns["features"].extend(encode(r) for r in p.records)
-            columns["score"].extend(p.scores)
-            days.extend([day] * size)
+                columns["prediction_id"].extend(f"{p.request_id}/{i}" for i in keep)
+            columns["request_id"].extend([p.request_id] * len(keep))
+            columns["client_request_id"].extend([p.client_request_id] * len(keep))
+            columns["row"].extend(keep)
+            columns["batch_size"].extend([size] * len(keep))
+            columns["time"].extend([micros] * len(keep))
+            columns["features"].extend(encoded[i] for i in keep)
+            columns["score"].extend(p.scores[i] for i in keep)
+            days.extend([day] * len(keep))
         total = len(columns["score"])
+        if not total:
+            return [], unwritable
         scores = np.asarray(columns["score"], dtype=float)
         columns["decision"] = list((scores >= threshold).astype(np.int8))
         columns["model_name"] = [stamp.model_name] * total
@@ -305,12 +289,15 @@ class InferenceLog:
         columns["time"] = pa.array(columns["time"], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
         table = pa.Table.from_pydict(columns, schema=arrow_schema())
         if len(set(days)) == 1:
-            return {(days[0], stamp.model_version): table}
-        day_arr = np.array(days)
-        return {
-            (d, stamp.model_version): table.filter(pa.array(day_arr == d))
-            for d in sorted(set(days))
-        }
+            by_day = [(days[0], table)]
+        else:
+            day_arr = np.array(days)
+            by_day = [(d, table.filter(pa.array(day_arr == d))) for d in sorted(set(days))]
+        return [
+            ((day, stamp.model_version), part.slice(start, part_rows))
+            for day, part in by_day
+            for start in range(0, part.num_rows, part_rows)
+        ], unwritable
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -333,38 +320,45 @@ def _day(days_since_epoch: int) -> str:
     return datetime.fromtimestamp(days_since_epoch * 86_400, UTC).strftime("%Y-%m-%d")
 
 
-def _json_encoder() -> Callable[[Any], str]:
-    """One record as JSON text: orjson when installed, else the standard library."""
+def _json_encoder() -> Callable[[Any], str | None]:
+    """One record as JSON text (orjson when installed, else the standard library), or None
+    when it cannot be written as JSON: the standard library takes over what orjson refuses
+    (integers past 64 bits, lone surrogates) so that such a record is still logged exactly."""
+    strict = json.JSONEncoder(default=str, allow_nan=False).encode
+
+    def careful(value: Any) -> str | None:
+        try:
+            return strict(value)
+        except (TypeError, ValueError, RecursionError):
+            return None
+
     try:
         import orjson
-
-        def fast(value: Any) -> str:
-            return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-        return fast
     except ImportError:
-        return json.JSONEncoder(default=str).encode
+        return careful
+
+    def fast(value: Any) -> str | None:
+        try:
+            return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        except TypeError:  # orjson.JSONEncodeError
+            return careful(value)
+
+    return fast
 
 
-def new_request_id(header: str | None) -> str:
-    """The caller's ``X-Request-ID`` when it sent a usable one, else a fresh random id."""
-    if header and 0 < len(header) <= 128 and header.isprintable():
-        return header
+def new_request_id() -> str:
+    """A fresh random id for one request: 32 hex digits, never a caller's."""
     return secrets.token_hex(16)
 
 
-@contextmanager
-def tracked(telemetry: Telemetry) -> Iterator[None]:
-    """Count one /predict request by its final status and observe its latency."""
-    started, status = time.perf_counter(), "200"
-    try:
-        yield
-    except Exception as exc:
-        status = str(getattr(exc, "status_code", 500))
-        raise
-    finally:
-        telemetry.requests.labels(status).inc()
-        telemetry.latency.observe(time.perf_counter() - started)
+def client_request_id(header: str | None) -> str | None:
+    """The caller's ``X-Request-ID`` as sent (None when absent); ValueError past 256
+    characters or with control characters."""
+    if header is None:
+        return None
+    if len(header) > 256 or not header.isprintable():
+        raise ValueError("X-Request-ID must be at most 256 printable characters")
+    return header
 
 
 def open_inference_log(
