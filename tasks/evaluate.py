@@ -104,6 +104,10 @@ def compare(
     evidence.artifacts["plotting_gates"] = [g for g in gates if callable(getattr(g, "plot", None))]
     results = run_gates(gates, evidence) + list(extra_gates)
     decision: Decision = "reject" if any(g.status == "failed" for g in results) else "promote"
+    if policy.defaulted:
+        evidence.notes.append(
+            f"task defaults ({task}) used where params set no value: {', '.join(policy.defaulted)}"
+        )
     return GateReport(
         decision,
         policy.primary_metric,

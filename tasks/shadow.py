@@ -195,13 +195,16 @@ def _paired(
         reason = f"{metric} is undefined on the {n} labelled requests (one class?)"
         return ShadowCheck("shadow_paired_metric", "skipped", float(n), None, reason), none
     low, high = (float(q) for q in np.quantile(gains, [alpha / 2, 1 - alpha / 2]))
-    worse = high < -policy.tolerance
+    drop = 0.002 if policy.tolerance is None else policy.tolerance
+    if policy.relative_tolerance is not None:
+        drop = policy.relative_tolerance * abs(metric_value(metric, y, h, threshold))
+    worse = high < -drop
     reason = (
         f"{metric} gain on {n} labelled production requests {point:+.4f} "
         f"[{low:+.4f}, {high:+.4f}]" + (" : candidate is worse" if worse else "")
     )
     status: Status = "failed" if worse else "passed"
-    check = ShadowCheck("shadow_paired_metric", status, point, -policy.tolerance, reason)
+    check = ShadowCheck("shadow_paired_metric", status, point, -drop, reason)
     return check, (point, low, high, n)
 
 

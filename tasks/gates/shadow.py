@@ -28,7 +28,10 @@ class ShadowRule(GateRule):
     max_p95_ms: float | None = Field(250.0, gt=0)  # at the batch sizes production sent
     latency_repeats: int = Field(10, ge=1)
     min_labelled_rows: int = Field(100, ge=1)  # for the paired metric comparison
-    tolerance: float = Field(0.002, ge=0)  # rejected when the gain's upper bound is below -it
+    # rejected when the gain's upper bound is below -tolerance (absolute), or below
+    # -relative_tolerance x the champion's value; neither: the task's default, else 0.002
+    tolerance: float | None = Field(None, ge=0)
+    relative_tolerance: float | None = Field(None, ge=0, le=1)
     resamples: int = Field(1000, ge=50, le=100_000)
     alpha: float = Field(0.05, gt=0, lt=0.5)
     seed: int = 0
