@@ -168,3 +168,23 @@ def test_no_regression_tolerance_relative_to_the_champions_value():
     assert decide(NoRegressionParams(tolerance=0.002), 50.01, 50.0).status == "failed"
     with pytest.raises(ValueError, match="not both"):
         NoRegressionParams(tolerance=0.1, relative_tolerance=0.01)
+
+
+def test_the_readmes_two_overlays_load(tmp_path):
+    from tests.helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```yaml\n# models.d/wine/params.yaml")
+    block = readme[start + len("```yaml\n") : readme.index("```", start + 7)]
+    write_params(tmp_path)
+    loaded = {}
+    for doc in block.split("---\n"):
+        name = doc.splitlines()[0].split("/")[1]
+        folder = tmp_path / "models.d" / name
+        folder.mkdir(parents=True)
+        (folder / "params.yaml").write_text(doc)
+        loaded[name] = load_params(folder / "params.yaml")
+    assert loaded["wine"].train.hyperparameters == {"max_iter": 1000}
+    assert loaded["wine"].gates.primary_metric == "log_loss"
+    assert loaded["diabetes"].gates.primary_metric == "rmse"
+    assert loaded["diabetes"].train.hyperparameters == {"n_estimators": 100, "verbose": -1}
