@@ -120,9 +120,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--from", dest="source", type=Path, required=True, metavar="PATH")
     p.add_argument("--label", help="label column (default: a column named label/target/churned)")
-    p.add_argument("--id-column", help="id column (default: guessed from *_id / id)")
-    p.add_argument("--timestamp-column", help="timestamp column (default: the datetime column)")
+    p.add_argument(
+        "--task",
+        choices=["binary", "multiclass", "regression"],
+        help="override the task read from the label (two values: binary; few discrete "
+        "values: multiclass; numbers with many values: regression)",
+    )
+    p.add_argument(
+        "--id-column", help="id column (default: guessed from *_id / id; none: no id column)"
+    )
+    p.add_argument(
+        "--timestamp-column",
+        help="timestamp column (default: the datetime column; none: no timestamp column)",
+    )
     p.add_argument("--margin", type=float, default=0.1, help="range margin (default: 0.1)")
+    p.add_argument(
+        "--repo",
+        type=Path,
+        help="git+DVC data repository the batch is placed in (default: the project)",
+    )
+    p.add_argument(
+        "--path", help="path of the batch inside the data repository (default: data/MODEL.parquet)"
+    )
+    p.add_argument(
+        "--create-repo",
+        action="store_true",
+        help="create --repo (git init, dvc init, a local DVC remote beside it: REPO-dvc-remote)",
+    )
     return parser
 
 

@@ -174,7 +174,7 @@ def _absolute_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
         value = values[key]
         if "://" in value or Path(value).is_absolute():
             continue
-        out[section] = {**values, key: str(folder / value)}
+        out[section] = {**values, key: os.path.normpath(folder / value)}
     return out
 
 
