@@ -270,8 +270,12 @@ def read_labels(source: LabelSourceParams) -> tuple[pd.DataFrame, tuple[str, ...
     return labels, tuple(notes)
 
 
-def join_labels(window: LogWindow, labels: pd.DataFrame, key: str) -> LabelledPredictions:
-    """Logged predictions that have a label, joined on ``key`` (a log column or record field)."""
+def join_labels(
+    window: LogWindow, labels: pd.DataFrame, key: str, task: str = "binary"
+) -> LabelledPredictions:
+    """Logged predictions that have a label, joined on ``key`` (a log column or record field).
+    Binary labels must be 0/1; multiclass labels are kept as they are (class names);
+    regression labels must be numbers."""
     import pandas as pd
 
     notes: list[str] = []
@@ -296,11 +300,19 @@ def join_labels(window: LogWindow, labels: pd.DataFrame, key: str) -> LabelledPr
     joined = predictions.merge(
         ids[known][["id", "label"]].rename(columns={"id": "key", "label": "y"}), on="key"
     )
-    bad = ~joined["y"].isin([0, 1, True, False])
+    if task == "multiclass":
+        bad = joined["y"].isna()
+        what = "missing"
+    elif task == "regression":
+        joined = joined.assign(y=pd.to_numeric(joined["y"], errors="coerce"))
+        bad, what = joined["y"].isna(), "not numbers"
+    else:
+        bad, what = ~joined["y"].isin([0, 1, True, False]), "not 0/1"
     if bad.any():
-        notes.append(f"{int(bad.sum())} labels are not 0/1: ignored")
+        notes.append(f"{int(bad.sum())} labels are {what}: ignored")
         joined = joined[~bad]
-    joined = joined.assign(y=joined["y"].astype(int))
+    if task == "binary":
+        joined = joined.assign(y=joined["y"].astype(int))
     return LabelledPredictions(joined.drop(columns="key"), len(labels), unmatched, tuple(notes))
 
 

@@ -139,14 +139,14 @@ def estimator_problem(path: str, task: str, hyperparameters: dict[str, Any]) -> 
         cls = getattr(importlib.import_module(module_name), class_name)
         accepted = cls().get_params()
     except (ImportError, AttributeError, TypeError) as exc:
-        return f"train.estimator {path!r} cannot be used: {type(exc).__name__}: {exc}"
+        return f"train.estimator {path!r} cannot be imported: {type(exc).__name__}: {exc}"
     signature = inspect.signature(cls).parameters.values()
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature)
     unknown = sorted(set(hyperparameters) - set(accepted))
     if unknown and not takes_any:
         keys = ", ".join(f"train.hyperparameters.{k}" for k in unknown)
         return (
-            f"{keys}: not a parameter of {class_name} ({path}); its parameters: "
+            f"{keys} are not parameters of {class_name} ({path}); its parameters: "
             f"{', '.join(sorted(accepted))}. Remove the key, or replace the inherited "
             "hyperparameters in this model's overlay (`hyperparameters: !replace {...}` or `{}`)"
         )

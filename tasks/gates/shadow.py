@@ -50,12 +50,6 @@ class ShadowGate(BaseGate):
 
         rule = self.params
         assert isinstance(rule, ShadowRule)
-        if evidence.task != "binary":
-            return [
-                self.result(
-                    "skipped", f"shadow replay compares binary decisions, not {evidence.task}"
-                )
-            ]
         if rule.log_url is None:
             return [self.result("skipped", "no inference log configured (monitor.log_url)")]
         window = read_recent(rule.log_url, rule.rows, None, evidence.threshold)
@@ -66,7 +60,7 @@ class ShadowGate(BaseGate):
         labelled = None
         if window.rows >= rule.min_rows and rule.labels is not None and rule.labels.url:
             labels, notes = read_labels(rule.labels)
-            labelled = join_labels(window, labels, rule.labels.key)
+            labelled = join_labels(window, labels, rule.labels.key, evidence.task)
             evidence.notes.extend(f"shadow: {n}" for n in (*notes, *labelled.notes))
         report = replay(
             evidence.candidate,
@@ -79,6 +73,8 @@ class ShadowGate(BaseGate):
             rule.resamples,
             rule.alpha,
             rule.seed,
+            evidence.task,
+            evidence.champion,
         )
         evidence.artifacts["shadow"] = report
         return [
