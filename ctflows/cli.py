@@ -147,6 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create --repo (git init, dvc init, a local DVC remote beside it: REPO-dvc-remote)",
     )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="widen MODEL's existing suite from a new trusted batch (--from), showing the "
+        "changed expectations (with --dry-run: only show them)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="with --update: show, write nothing")
+    p = add(
+        "check",
+        "params, columns and suite against a data version, without training",
+        "The dry check before a first real run: MODEL's params load, the data version (data.rev "
+        "or --rev) resolves and is fetched through DVC, has the columns params name, and passes "
+        "the suite. Exit 0 passed, 1 the suite failed, 2 params or data not usable.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--rev", help="git revision of the data (default: data.rev)")
+    p = add(
+        "land",
+        "a file as MODEL's next data version, then its run",
+        "Add FILE (parquet or CSV) as the next version of MODEL's data.path in its data.repo: "
+        "checked against the columns and suite first (nothing landed when it fails), written "
+        "as Parquet, dvc add, git commit, dvc push; then the run on it (in this process), "
+        "printing the revision, md5 and the run's outcome.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("source", type=Path, metavar="FILE")
+    p.add_argument("--no-run", action="store_true", help="land the data, start no run")
     return parser
 
 

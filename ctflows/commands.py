@@ -122,9 +122,62 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from ctflows import landing
+
+    checked = landing.check_data(_model(args), args.rev)
+    emit(
+        args,
+        asdict(checked),
+        f"{checked.model}: params load; {checked.path}@{checked.rev[:12]} (md5 {checked.md5}, "
+        f"{checked.rows} rows) has every column params name; suite: {checked.summary}",
+    )
+    return EXIT_OK if checked.passed else EXIT_FAILED
+
+
+def cmd_land(args: argparse.Namespace) -> int:
+    from ctflows import landing
+
+    model = _model(args)
+    placed = landing.land_data(model, args.source)
+    line = (
+        f"{model.name}: landed {placed.path} at {placed.rev[:12]} (md5 {placed.md5}) "
+        f"in {placed.repo}"
+    )
+    result: dict = {"rev": placed.rev, "md5": placed.md5, "path": placed.path, "outcome": None}
+    if args.no_run:
+        emit(args, result, line)
+        return EXIT_OK
+    ok, outcome = operate.run_local(model, placed.rev, False, False)
+    result["outcome"] = outcome
+    if not ok:
+        emit(args, result, line)
+        return fail(args, EXIT_FAILED, str(outcome))
+    emit(args, result, f"{line}\n{_outcome_text(outcome)}")
+    return EXIT_OK
+
+
+def _update(args: argparse.Namespace) -> int:
+    from ctflows import landing
+
+    model = _model(args)
+    widened = landing.widen_suite(model, args.source, args.margin, write=not args.dry_run)
+    verb = "would change" if args.dry_run else "changed"
+    text = (
+        f"{model.name}: {verb} {len(widened.changes)} expectations of {widened.suite_file}:\n"
+        + "\n".join(f"  {c}" for c in widened.changes)
+        if widened.changes
+        else f"{model.name}: the suite already admits {args.source}; nothing to change"
+    )
+    emit(args, asdict(widened), text)
+    return EXIT_OK
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from ctflows import onboard
 
+    if args.update:
+        return _update(args)
     written = onboard.init_model(
         args.project,
         catalog.check_name(args.model),

@@ -57,8 +57,9 @@ def _dvc(repo: Path, *args: str, what: str = "dvc") -> str:
     return _run([sys.executable, "-m", "dvc", *args], repo, what)
 
 
-def check_target(repo: Path, path: str, create: bool) -> None:
-    """Refused (nothing written) when ``path`` cannot become a DVC-tracked file of ``repo``."""
+def check_target(repo: Path, path: str, create: bool, new: bool = True) -> None:
+    """Refused (nothing written) when ``path`` cannot become a DVC-tracked file of ``repo``
+    (``new``: a file it does not have yet; else the next version of a ``.dvc``-tracked one)."""
     pure = PurePosixPath(path)
     if pure.is_absolute() or ".." in pure.parts or not pure.parts:
         raise Refused(f"--path {path!r}: a path inside the data repository, like data/wine.parquet")
@@ -82,7 +83,12 @@ def check_target(repo: Path, path: str, create: bool) -> None:
     if _git(repo, "ls-files", "--", path).strip():
         raise Refused(f"{path} is tracked by git in {repo}: DVC cannot add it; pick another --path")
     target = repo / path
-    if target.exists() or (repo / f"{path}.dvc").exists():
+    if not new and not (repo / f"{path}.dvc").exists():
+        raise Refused(
+            f"{path} is not tracked by a .dvc file in {repo} (an output of a dvc.yaml stage, "
+            "or not tracked yet): land it with that stage (dvc repro), or dvc add it first"
+        )
+    if new and (target.exists() or (repo / f"{path}.dvc").exists()):
         raise Refused(
             f"{target} already exists in the data repository: pick another --path (a new "
             "version of a model's data is landed with dvc add, git commit, dvc push)"
@@ -107,10 +113,12 @@ def create_repo(repo: Path) -> Path:
     return remote
 
 
-def place(df: pd.DataFrame, repo: Path, path: str, create: bool, message: str) -> Placed:
+def place(
+    df: pd.DataFrame, repo: Path, path: str, create: bool, message: str, new: bool = True
+) -> Placed:
     """Write ``df`` as Parquet at ``repo/path``, DVC-add it, commit the pointer, push the bytes."""
     repo = repo.resolve()
-    check_target(repo, path, create)
+    check_target(repo, path, create, new)
     created = not repo.exists()
     if created:
         create_repo(repo)
@@ -125,8 +133,11 @@ def place(df: pd.DataFrame, repo: Path, path: str, create: bool, message: str) -
         _git(repo, "commit", "-q", "-m", message, "--", pointer, ignore, what="git commit")
         _dvc(repo, "push", "-q", pointer, what="dvc push")
     except Refused:
-        target.unlink(missing_ok=True)
-        (repo / f"{path}.dvc").unlink(missing_ok=True)
+        if new:
+            target.unlink(missing_ok=True)
+            (repo / f"{path}.dvc").unlink(missing_ok=True)
+        else:  # the pointer back at the version it had
+            subprocess.run(["git", "checkout", "-q", "--", f"{path}.dvc"], cwd=repo, check=False)
         if created:
             shutil.rmtree(repo, ignore_errors=True)
         raise

@@ -40,7 +40,8 @@ def test_the_quickstart_page_runs_as_written(tmp_path, prefect_api):
     shim.mkdir()
     (shim / "ctflows").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ctflows "$@"\n')
     (shim / "ctflows").chmod(0o755)
-    (shim / "python").symlink_to(sys.executable)
+    (shim / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (shim / "python").chmod(0o755)
     env = {
         "PATH": f"{shim}:{Path(sys.executable).parent}:/usr/bin:/bin",
         "HOME": str(tmp_path / "home"),
