@@ -188,3 +188,42 @@ def test_the_readmes_two_overlays_load(tmp_path):
     assert loaded["wine"].gates.primary_metric == "log_loss"
     assert loaded["diabetes"].gates.primary_metric == "rmse"
     assert loaded["diabetes"].train.hyperparameters == {"n_estimators": 100, "verbose": -1}
+
+
+def test_the_gate_report_says_which_values_were_task_defaults(tmp_path):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+
+    from tasks.evaluate import compare
+
+    frame = load_diabetes(as_frame=True).frame.rename(columns={"target": "progression"})
+    features = [c for c in frame.columns if c != "progression"]
+    write_params(tmp_path)
+    params = load_params(
+        overlay(
+            tmp_path,
+            "extends: ../../params.yaml\n"
+            + yaml.safe_dump(
+                {
+                    "data": {**WINE_DATA, "label": "progression", "numeric_features": features},
+                    "train": {"task": "regression", "estimator": "lightgbm.LGBMRegressor"},
+                    "gates": {
+                        "fairness": {"enabled": False},
+                        "latency": {"enabled": False},
+                        "predict_memory": {"enabled": False},
+                    },
+                    "registry": {"model_name": "wine"},
+                    "deploy": {"deployment": "wine-model"},
+                }
+            ),
+        )
+    )
+    columns = ColumnTransformer([("features", "passthrough", features)])
+    model = make_pipeline(columns, LinearRegression()).fit(frame, frame["progression"])
+    report = compare(model, None, frame, params.gates, params.data, task="regression")
+    note = next(n for n in report.notes if n.startswith("task defaults"))
+    assert "gates.primary_metric=rmse" in note and "gates.minimums={r2: 0.0}" in note
+    assert report.primary_metric == "rmse"
+    assert {g.name: g.status for g in report.gates}["minimum_r2"] == "passed"
