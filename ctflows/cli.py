@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("source", type=Path, metavar="FILE")
     p.add_argument("--no-run", action="store_true", help="land the data, start no run")
+    p.add_argument(
+        "--webhook",
+        default=os.environ.get("CTFLOWS_WEBHOOK_URL"),
+        metavar="URL",
+        help="the receiver of `make serve` (e.g. http://127.0.0.1:8787; default "
+        "$CTFLOWS_WEBHOOK_URL): send it the signed data-landed webhook instead of running here",
+    )
     return parser
 
 

@@ -148,6 +148,11 @@ def cmd_land(args: argparse.Namespace) -> int:
     if args.no_run:
         emit(args, result, line)
         return EXIT_OK
+    if args.webhook:
+        answer = landing.announce(model, placed, args.webhook)
+        result["webhook"] = answer
+        emit(args, result, f"{line}\nwebhook {args.webhook}: {answer}")
+        return EXIT_OK
     ok, outcome = operate.run_local(model, placed.rev, False, False)
     result["outcome"] = outcome
     if not ok:

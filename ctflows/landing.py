@@ -166,3 +166,43 @@ def widen_suite(model: Model, source: Path, margin: float = 0.1, write: bool = T
     finally:
         draft.unlink(missing_ok=True)
     return Widened(str(suite_file), changes)
+
+
+def announce(model: Model, placed: Placed, url: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The signed data-landed webhook of ``make serve`` (``url``: the receiver's address) for a
+    landed version; the receiver's answer (its flow run), or Refused naming its error."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    from deployments.webhook import sign, webhook_secret
+
+    secret = webhook_secret(model.params())
+    body = json.dumps(
+        {"path": placed.path, "rev": placed.rev, "md5": placed.md5, "model": model.name}
+    ).encode()
+    stamp = str(int(time.time()))
+    request = urllib.request.Request(
+        url.rstrip("/") + "/hooks/data-landed",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Ctflows-Timestamp": stamp,
+            "X-Ctflows-Signature": sign(secret, stamp, body),
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            payload: dict[str, Any] = json.loads(answer.read() or b"{}")
+            return {"status": answer.status, **payload}
+    except urllib.error.HTTPError as exc:
+        raise Refused(
+            f"the receiver at {url} refused the data-landed webhook: {exc.code} "
+            f"{exc.read()[:300].decode(errors='replace')}; the data is landed at {placed.rev}"
+        ) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise Refused(
+            f"the receiver at {url} did not answer ({exc}); the data is landed at "
+            f"{placed.rev}: start its run with `ctflows run {model.name} --rev {placed.rev}`"
+        ) from exc

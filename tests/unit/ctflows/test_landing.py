@@ -85,3 +85,57 @@ def test_init_update_widens_the_suite_from_a_new_trusted_batch(project, capsys):
     )
     assert bmi["max_value"] >= drifted["bmi"].max()
     land_data(model, project / "drifted.csv")  # now admitted
+
+
+def test_land_sends_the_signed_webhook_when_a_receiver_is_named(project, monkeypatch, capsys):
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from deployments.webhook import parse_body, verify
+
+    seen = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            verify("s3cret", headers, body, time.time(), 300)  # raises on a bad signature
+            seen.append((self.path, parse_body(body)))
+            self.send_response(202)
+            self.end_headers()
+            self.wfile.write(b'{"flow_run_id": "run-1"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("CTFLOWS_WEBHOOK_SECRET", "s3cret")
+    pd.read_csv(project / "diabetes.csv").head(300).to_csv(project / "day2.csv", index=False)
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        code = main(
+            [
+                "land",
+                "diabetes",
+                str(project / "day2.csv"),
+                "--webhook",
+                url,
+                "--project",
+                str(project),
+                "--json",
+            ]
+        )
+    finally:
+        server.shutdown()
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["webhook"]["flow_run_id"] == "run-1"
+    ((path, landed),) = seen
+    assert path == "/hooks/data-landed"
+    assert (landed.path, landed.rev, landed.md5, landed.model) == (
+        "data/diabetes.parquet",
+        out["rev"],
+        out["md5"],
+        "diabetes",
+    )
