@@ -9,6 +9,7 @@ models/ stays the output folder of the `dvc repro` train stage (models/model.pkl
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 from tasks.config import ConfigError, Params, load_params
 from tasks.deploy import targets
 from tasks.errors import CtflowsError, ErrorKind
+
+log = logging.getLogger(__name__)
 
 MODELS_DIR = "models.d"
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -33,13 +36,27 @@ class UnknownModel(CtflowsError, LookupError):
 
 @dataclass(frozen=True)
 class Model:
-    """One declared model: its name (in deployment names and on the command line) and params."""
+    """One declared model: its name (in deployment names and on the command line) and params.
+
+    ``error``: why its params do not load (the model is listed, reported, and left out of
+    what serves and routes; the other models keep working)."""
 
     name: str
     params_file: Path
+    error: str | None = None
 
     def params(self) -> Params:
+        if self.error is not None:
+            raise ConfigError(self.error)
         return load_params(self.params_file)
+
+
+def working(models: list[Model]) -> list[Model]:
+    """The models whose params load; each broken one is logged with its error."""
+    for model in models:
+        if model.error is not None:
+            log.error("model %s left out: %s", model.name, model.error)
+    return [m for m in models if m.error is None]
 
 
 def check_name(name: str) -> str:
@@ -56,19 +73,30 @@ def discover(root: Path) -> list[Model]:
 
     Two models may not share a registered model name or any Kubernetes Deployment either may
     patch (a canary's included): they would move each other's champion or replace each
-    other's pods.
+    other's pods. A model of models.d/ whose params do not load is returned with its
+    ``error``, not raised: one broken overlay does not take the others down (the root
+    params.yaml alone, when it is the only model, raises).
     """
     root = root.resolve()
     folder = root / MODELS_DIR
     files = sorted(folder.glob("*/params.yaml")) if folder.is_dir() else []
-    if files:
-        models = [Model(check_name(f.parent.name), f) for f in files]
-    else:
+    if not files:
         base = root / "params.yaml"
-        models = [Model(check_name(load_params(base).registry.model_name), base)]
+        return [Model(check_name(load_params(base).registry.model_name), base)]
+    models = []
+    loaded: dict[str, Params] = {}
+    for file in files:
+        name = file.parent.name
+        try:
+            loaded[check_name(name)] = load_params(file)
+            models.append(Model(name, file))
+        except CtflowsError as exc:
+            models.append(Model(name, file, str(exc)))
     owners: dict[tuple[str, str], tuple[str, str]] = {}
     for model in models:
-        params = model.params()
+        if model.error is not None:
+            continue
+        params = loaded[model.name]
         claims = [("registry.model_name", "registered model", params.registry.model_name)]
         claims += patched_deployments(params)
         for setting, kind, name in claims:
@@ -114,7 +142,7 @@ def find(root: Path, name: str) -> Model:
 
 def model_for_data_path(models: list[Model], path: str) -> Model | None:
     """The model whose ``data.path`` is ``path`` (the webhook's routing)."""
-    for model in models:
+    for model in working(models):
         if model.params().data.path == path:
             return model
     return None

@@ -126,9 +126,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--from", dest="source", type=Path, required=True, metavar="PATH")
     p.add_argument("--label", help="label column (default: a column named label/target/churned)")
-    p.add_argument("--id-column", help="id column (default: guessed from *_id / id)")
-    p.add_argument("--timestamp-column", help="timestamp column (default: the datetime column)")
+    p.add_argument(
+        "--task",
+        choices=["binary", "multiclass", "regression"],
+        help="override the task read from the label (two values: binary; few discrete "
+        "values: multiclass; numbers with many values: regression)",
+    )
+    p.add_argument(
+        "--id-column", help="id column (default: guessed from *_id / id; none: no id column)"
+    )
+    p.add_argument(
+        "--timestamp-column",
+        help="timestamp column (default: the datetime column; none: no timestamp column)",
+    )
     p.add_argument("--margin", type=float, default=0.1, help="range margin (default: 0.1)")
+    p.add_argument(
+        "--repo",
+        type=Path,
+        help="git+DVC data repository the batch is placed in (default: the project)",
+    )
+    p.add_argument(
+        "--path", help="path of the batch inside the data repository (default: data/MODEL.parquet)"
+    )
+    p.add_argument(
+        "--create-repo",
+        action="store_true",
+        help="create --repo (git init, dvc init, a local DVC remote beside it: REPO-dvc-remote)",
+    )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="widen MODEL's existing suite from a new trusted batch (--from), showing the "
+        "changed expectations (with --dry-run: only show them)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="with --update: show, write nothing")
+    p = add(
+        "check",
+        "params, columns and suite against a data version, without training",
+        "The dry check before a first real run: MODEL's params load, the data version (data.rev "
+        "or --rev) resolves and is fetched through DVC, has the columns params name, and passes "
+        "the suite. Exit 0 passed, 1 the suite failed, 2 params or data not usable.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--rev", help="git revision of the data (default: data.rev)")
+    p = add(
+        "land",
+        "a file as MODEL's next data version, then its run",
+        "Add FILE (parquet or CSV) as the next version of MODEL's data.path in its data.repo: "
+        "checked against the columns and suite first (nothing landed when it fails), written "
+        "as Parquet, dvc add, git commit, dvc push; then the run on it (in this process), "
+        "printing the revision, md5 and the run's outcome.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("source", type=Path, metavar="FILE")
+    p.add_argument("--no-run", action="store_true", help="land the data, start no run")
+    p.add_argument(
+        "--webhook",
+        default=os.environ.get("CTFLOWS_WEBHOOK_URL"),
+        metavar="URL",
+        help="the receiver of `make serve` (e.g. http://127.0.0.1:8787; default "
+        "$CTFLOWS_WEBHOOK_URL): send it the signed data-landed webhook instead of running here",
+    )
     return parser
 
 

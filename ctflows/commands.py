@@ -6,6 +6,7 @@ import argparse
 from dataclasses import asdict
 
 from ctflows import catalog, operate, status
+from ctflows.catalog import MODELS_DIR
 from ctflows.cli import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, emit, fail
 from tasks.ledger import read_decisions
 
@@ -14,19 +15,36 @@ def _model(args: argparse.Namespace) -> catalog.Model:
     return catalog.find(args.project, args.model)
 
 
+def _broken_line(model: catalog.Model) -> str:
+    return f"{model.name:<24} !! params invalid, left out of serve and the receiver:\n" + "\n".join(
+        f"    {line}" for line in str(model.error).splitlines()
+    )
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    """Every declared model; one whose params do not load is listed with its error (exit 2)."""
     models = catalog.discover(args.project)
-    rows = [{"name": m.name, "params_file": str(m.params_file)} for m in models]
-    emit(args, rows, "\n".join(f"{m.name:<24} {m.params_file}" for m in models))
-    return EXIT_OK
+    rows = [{"name": m.name, "params_file": str(m.params_file), "error": m.error} for m in models]
+    lines = [_broken_line(m) if m.error else f"{m.name:<24} {m.params_file}" for m in models]
+    emit(args, rows, "\n".join(lines))
+    return EXIT_REFUSED if any(m.error for m in models) else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     models = [_model(args)] if args.model else catalog.discover(args.project)
-    states = [status.gather(m, args.limit) for m in models]
-    payload = [s.to_dict() for s in states]
-    emit(args, payload[0] if args.model else payload, "\n\n".join(map(status.render, states)))
-    return EXIT_UNAVAILABLE if any(s.unavailable.get("mlflow") for s in states) else EXIT_OK
+    broken = [m for m in models if m.error]
+    if args.model and broken:
+        return fail(args, EXIT_REFUSED, str(broken[0].error))
+    states = [status.gather(m, args.limit) for m in catalog.working(models)]
+    payload: list[dict] = [s.to_dict() for s in states]
+    payload += [
+        {"model": m.name, "params_file": str(m.params_file), "error": m.error} for m in broken
+    ]
+    text = "\n\n".join([*map(status.render, states), *map(_broken_line, broken)])
+    emit(args, payload[0] if args.model else payload, text)
+    if any(s.unavailable.get("mlflow") for s in states):
+        return EXIT_UNAVAILABLE
+    return EXIT_REFUSED if broken else EXIT_OK
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -109,10 +127,68 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def cmd_init(args: argparse.Namespace) -> int:
-    from ctflows import profile
+def cmd_check(args: argparse.Namespace) -> int:
+    from ctflows import landing
 
-    written = profile.init_model(
+    checked = landing.check_data(_model(args), args.rev)
+    emit(
+        args,
+        asdict(checked),
+        f"{checked.model}: params load; {checked.path}@{checked.rev[:12]} (md5 {checked.md5}, "
+        f"{checked.rows} rows) has every column params name; suite: {checked.summary}",
+    )
+    return EXIT_OK if checked.passed else EXIT_FAILED
+
+
+def cmd_land(args: argparse.Namespace) -> int:
+    from ctflows import landing
+
+    model = _model(args)
+    placed = landing.land_data(model, args.source)
+    line = (
+        f"{model.name}: landed {placed.path} at {placed.rev[:12]} (md5 {placed.md5}) "
+        f"in {placed.repo}"
+    )
+    result: dict = {"rev": placed.rev, "md5": placed.md5, "path": placed.path, "outcome": None}
+    if args.no_run:
+        emit(args, result, line)
+        return EXIT_OK
+    if args.webhook:
+        answer = landing.announce(model, placed, args.webhook)
+        result["webhook"] = answer
+        emit(args, result, f"{line}\nwebhook {args.webhook}: {answer}")
+        return EXIT_OK
+    ok, outcome = operate.run_local(model, placed.rev, False, False)
+    result["outcome"] = outcome
+    if not ok:
+        emit(args, result, line)
+        return fail(args, EXIT_FAILED, str(outcome))
+    emit(args, result, f"{line}\n{_outcome_text(outcome)}")
+    return EXIT_OK
+
+
+def _update(args: argparse.Namespace) -> int:
+    from ctflows import landing
+
+    model = _model(args)
+    widened = landing.widen_suite(model, args.source, args.margin, write=not args.dry_run)
+    verb = "would change" if args.dry_run else "changed"
+    text = (
+        f"{model.name}: {verb} {len(widened.changes)} expectations of {widened.suite_file}:\n"
+        + "\n".join(f"  {c}" for c in widened.changes)
+        if widened.changes
+        else f"{model.name}: the suite already admits {args.source}; nothing to change"
+    )
+    emit(args, asdict(widened), text)
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from ctflows import onboard
+
+    if args.update:
+        return _update(args)
+    written = onboard.init_model(
         args.project,
         catalog.check_name(args.model),
         args.source,
@@ -120,12 +196,24 @@ def cmd_init(args: argparse.Namespace) -> int:
         id_column=args.id_column,
         timestamp_column=args.timestamp_column,
         margin=args.margin,
+        task=args.task,
+        repo=args.repo,
+        path=args.path,
+        create_repo=args.create_repo,
     )
-    emit(
-        args,
-        asdict(written),
+    lines = [
         f"wrote {written.params_file} and {written.suite_file} "
-        f"({written.expectations} expectations over {written.columns} columns); "
-        "review both, then `ctflows run " + args.model + " --local`",
-    )
+        f"({written.expectations} expectations over {written.columns} columns)",
+        f"task {written.task} (label {args.label or 'guessed'}), estimator {written.estimator}",
+        f"data: {written.data_path} in {written.data_repo} at {written.data_rev[:12]} "
+        f"(md5 {written.data_md5}), pushed to its DVC remote",
+        *(f"note: {n}" for n in written.notes),
+    ]
+    if written.kept:
+        lines.append(
+            f"kept the project's model {written.kept!r}: declared as "
+            f"{MODELS_DIR}/{written.kept}/params.yaml (extends params.yaml)"
+        )
+    lines.append(f"review both, then `ctflows run {args.model} --local`")
+    emit(args, asdict(written), "\n".join(lines))
     return EXIT_OK

@@ -1,24 +1,15 @@
-"""`ctflows init MODEL --from PATH`: a first data contract profiled from a trusted batch.
-
-Writes models.d/MODEL/suite.json (Great Expectations 1.x) and models.d/MODEL/params.yaml
-(`extends` the project's params.yaml, the columns filled in) only once both are complete and
-the batch passes its own suite; a file it cannot read or a column type it does not know stops
-it before anything is written.
-"""
+"""Profiling a trusted batch into a first data contract: how each column is used and which
+Great Expectations 1.x expectations check it (``ctflows init``, ctflows/onboard.py, writes
+them). A file it cannot read or a column type it does not know is refused."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from ctflows.catalog import MODELS_DIR
+from ctflows.labels import infer_task, label_expectations
 from ctflows.operate import Refused
 
 if TYPE_CHECKING:
@@ -39,20 +30,11 @@ class Profile:
     categorical: list[str]
     ignored: dict[str, str]  # column -> why it is not a feature
     label: str
-    id_column: str
-    timestamp_column: str
+    id_column: str | None
+    timestamp_column: str | None
     expectations: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Written:
-    params_file: str
-    suite_file: str
-    columns: int
-    expectations: int
-    numeric_features: list[str]
-    categorical_features: list[str]
-    ignored: dict[str, str]
+    task: str = "binary"
+    notes: tuple[str, ...] = ()  # consequences the user is told once (no id column, ...)
 
 
 def read_trusted(path: Path) -> pd.DataFrame:
@@ -64,10 +46,33 @@ def read_trusted(path: Path) -> pd.DataFrame:
         if path.suffix in {".parquet", ".pq"}:
             return pd.read_parquet(path)
         if path.suffix in {".csv", ".txt", ".gz"}:
-            return pd.read_csv(path)
+            return parse_dates(pd.read_csv(path))
     except (OSError, ValueError, ImportError) as exc:
         raise Refused(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
     raise Refused(f"cannot read {path}: expected a .parquet or .csv file")
+
+
+DATE_LIKE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+
+
+def parse_dates(df: pd.DataFrame) -> pd.DataFrame:
+    """String columns whose every value is an ISO date or date-time become datetimes (a CSV
+    has no types; the Parquet batch a run reads does)."""
+    import pandas as pd
+
+    out = df.copy()
+    for column in df.columns:
+        s = df[column]
+        if not pd.api.types.is_object_dtype(s) and not pd.api.types.is_string_dtype(s):
+            continue
+        values = s.dropna()
+        if values.empty or not values.map(lambda v: isinstance(v, str)).all():
+            continue
+        if values.str.fullmatch(DATE_LIKE).all():
+            out[column] = pd.to_datetime(
+                s, format="ISO8601", utc=values.str.contains(r"Z|[+-]\d{2}:?\d{2}$").any()
+            )
+    return out
 
 
 def _kind(df: pd.DataFrame, column: str) -> str:
@@ -97,6 +102,9 @@ def _kind(df: pd.DataFrame, column: str) -> str:
     )
 
 
+NONE = {"none", "null", ""}  # --id-column none: no id column, even if one could be guessed
+
+
 def _pick(columns: list[str], given: str | None, guesses: list[str], what: str, flag: str) -> str:
     if given:
         if given not in columns:
@@ -105,6 +113,16 @@ def _pick(columns: list[str], given: str | None, guesses: list[str], what: str, 
     if guesses:
         return guesses[0]
     raise Refused(f"no {what} found among {', '.join(columns)}: name it with {flag}")
+
+
+def _optional(columns: list[str], given: str | None, guesses: list[str], what: str) -> str | None:
+    if given is not None and given.lower() in NONE:
+        return None
+    if given:
+        if given not in columns:
+            raise Refused(f"{what} {given!r} is not a column; columns: {', '.join(columns)}")
+        return given
+    return guesses[0] if guesses else None
 
 
 def _expect(kind: str, column: str | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -128,6 +146,7 @@ def profile_frame(
     id_column: str | None,
     timestamp_column: str | None,
     margin: float,
+    task: str | None = None,
 ) -> Profile:
     import pandas as pd
 
@@ -136,18 +155,24 @@ def profile_frame(
         raise Refused("the batch has no rows: nothing to profile")
     kinds = {c: _kind(df, c) for c in columns}
     label = _pick(columns, label, [c for c in LABEL_NAMES if c in columns], "label", "--label")
-    domain = sorted(df[label].dropna().unique().tolist())
-    if len(domain) != 2:
-        raise Refused(
-            f"label {label!r} has {len(domain)} distinct values ({domain[:10]}); ctflows trains "
-            "binary classifiers: name a two-valued column with --label"
+    task = infer_task(df[label], task)
+    ids = [
+        c for c in columns if (c == "id" or c.endswith("_id")) and c != label and df[c].is_unique
+    ]
+    id_column = _optional(columns, id_column, ids, "id column")
+    times = [c for c in columns if kinds[c] == "datetime" and c != label]
+    timestamp_column = _optional(columns, timestamp_column, times, "timestamp column")
+    notes = []
+    if id_column is None:
+        notes.append(
+            "no id column (none named *_id or id with unique values; --id-column names one): "
+            "the holdout is split on a hash of each whole row"
         )
-    ids = [c for c in columns if (c == "id" or c.endswith("_id")) and df[c].is_unique]
-    id_column = _pick(columns, id_column, ids, "id column", "--id-column")
-    times = [c for c in columns if kinds[c] == "datetime"]
-    timestamp_column = _pick(
-        columns, timestamp_column, times, "timestamp column", "--timestamp-column"
-    )
+    if timestamp_column is None:
+        notes.append(
+            "no timestamp column (no datetime column; --timestamp-column names one): "
+            "nothing is kept out of the features as time"
+        )
 
     expectations = [
         _expect("table_columns_to_match_set", column_set=columns, exact_match=True),
@@ -207,109 +232,24 @@ def profile_frame(
             categorical.append(c)
         else:
             ignored[c] = f"{kind} with {values.nunique()} distinct values"
-    expectations.append(_expect("column_values_to_be_in_set", label, value_set=domain))
-    if all(isinstance(v, int | float | bool) for v in domain):
-        rate = float(df[label].astype(float).mean())
-        expectations.append(
-            _expect(
-                "column_mean_to_be_between",
-                label,
-                min_value=round(max(0.0, rate * (1 - 5 * margin) - 0.01), 4),
-                max_value=round(min(1.0, rate * (1 + 5 * margin) + 0.01), 4),
-            )
+    expectations = [
+        e
+        for e in expectations
+        if not (
+            e["kwargs"].get("column") == label and e["type"] == "expect_column_values_to_be_in_set"
         )
+    ]
+    expectations += label_expectations(df[label], task, margin)
     if not numeric and not categorical:
         raise Refused("no column left to use as a feature after the label, id and timestamp")
-    return Profile(numeric, categorical, ignored, label, id_column, timestamp_column, expectations)
-
-
-def render_params(model: str, data_path: str, profile: Profile) -> str:
-    overlay = {
-        "extends": "../../params.yaml",
-        "data": {
-            "path": data_path,
-            "label": profile.label,
-            "id_column": profile.id_column,
-            "timestamp_column": profile.timestamp_column,
-            "sensitive_column": None,  # not inherited: the project's may not be in this data
-            "numeric_features": profile.numeric,
-            "categorical_features": profile.categorical,
-        },
-        "validate": {"suite": "suite.json"},
-        "gates": {"fairness": {"enabled": False}},
-        "registry": {"model_name": model},
-        "deploy": {"deployment": f"{model}-model"},
-    }
-    header = (
-        f"# Model `{model}`: profiled by `ctflows init` from a trusted batch. REVIEW before use.\n"
-        "# Only what differs from the project's params.yaml (extends). Set here, per model:\n"
-        "#   data.repo / data.rev, train (estimator), gates (fairness is off until you name\n"
-        "#   data.sensitive_column), deploy (namespace, container, image),\n"
-        "#   notify.webhook_env (this model's Slack channel).\n"
-    )
-    if profile.ignored:
-        header += (
-            "# Left out of the features: "
-            + ", ".join(f"{c} ({why})" for c, why in profile.ignored.items())
-            + "\n"
-        )
-    return header + yaml.safe_dump(overlay, sort_keys=False)
-
-
-def init_model(
-    project: Path,
-    model: str,
-    source: Path,
-    label: str | None = None,
-    id_column: str | None = None,
-    timestamp_column: str | None = None,
-    margin: float = 0.1,
-) -> Written:
-    from tasks.config import ConfigError, load_params
-    from tasks.validate import validate_batch
-
-    project = project.resolve()
-    if not (project / "params.yaml").is_file():
-        raise Refused(f"{project} has no params.yaml: run from the project root or pass --project")
-    target = project / MODELS_DIR / model
-    if target.exists():
-        raise Refused(f"{target} already exists; remove it or pick another name")
-    df = read_trusted(source)
-    profile = profile_frame(df, label, id_column, timestamp_column, margin)
-    try:
-        data_path = str(source.resolve().relative_to(project))
-    except ValueError:
-        data_path = str(source)
-    suite = {
-        "name": f"{model}_batch",
-        "meta": {"notes": f"Profiled by `ctflows init` from {source} ({len(df)} rows). Review."},
-        "expectations": profile.expectations,
-    }
-    with tempfile.TemporaryDirectory(dir=project) as scratch:
-        draft = Path(scratch) / model
-        draft.mkdir()
-        (draft / "suite.json").write_text(json.dumps(suite, indent=1, default=str) + "\n")
-        # the draft sits one level deeper than models.d/<model>: point extends at the root
-        text = render_params(model, data_path, profile)
-        (draft / "params.yaml").write_text(
-            text.replace("extends: ../../params.yaml", f"extends: {project / 'params.yaml'}")
-        )
-        try:
-            params = load_params(draft / "params.yaml")
-        except ConfigError as exc:
-            raise Refused(f"the profiled params do not validate: {exc}") from exc
-        result = validate_batch(df, params)
-        if not result.success:
-            raise Refused(f"the batch fails its own profiled suite: {result}")
-        (draft / "params.yaml").write_text(text)
-        target.parent.mkdir(exist_ok=True)
-        shutil.move(str(draft), str(target))
-    return Written(
-        str(target / "params.yaml"),
-        str(target / "suite.json"),
-        len(df.columns),
-        len(profile.expectations),
-        profile.numeric,
-        profile.categorical,
-        profile.ignored,
+    return Profile(
+        numeric,
+        categorical,
+        ignored,
+        label,
+        id_column,
+        timestamp_column,
+        expectations,
+        task,
+        tuple(notes),
     )

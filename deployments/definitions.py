@@ -234,11 +234,11 @@ def project_specs(params_file: str | Path, relative: bool = False) -> list[Deplo
     """The deployments of every model of the project whose root params.yaml is ``params_file``
     (models.d/<name>/params.yaml, or the root file alone); ``relative``: params files named
     relative to the project root (for prefect.yaml, run from $CTFLOWS_HOME)."""
-    from ctflows.catalog import discover
+    from ctflows.catalog import discover, working
 
     root = Path(params_file).resolve().parent
     specs = []
-    for model in discover(root):
+    for model in working(discover(root)):
         file = model.params_file.relative_to(root) if relative else model.params_file
         specs.extend(deployment_specs(model.params(), str(file), model.name))
     return specs

@@ -70,10 +70,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def model_routes(params_file: str) -> list[Route]:
     """A route per model of the project whose root params file is ``params_file``."""
-    from ctflows.catalog import discover
+    from ctflows.catalog import discover, working
 
     routes = []
-    for model in discover(Path(params_file).resolve().parent):
+    for model in working(discover(Path(params_file).resolve().parent)):
         params = model.params()
         deployment = data_landed_deployment(params, model.name)
         routes.append(

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,10 @@ def compare(
     evidence.artifacts["plotting_gates"] = [g for g in gates if callable(getattr(g, "plot", None))]
     results = run_gates(gates, evidence) + list(extra_gates)
     decision: Decision = "reject" if any(g.status == "failed" for g in results) else "promote"
+    if policy.defaulted:
+        evidence.notes.append(
+            f"task defaults ({task}) used where params set no value: {', '.join(policy.defaulted)}"
+        )
     return GateReport(
         decision,
         policy.primary_metric,
@@ -194,8 +199,9 @@ def wait_for_plots(plots: Future[int] | None) -> None:
 
 
 def _metric_key(name: str) -> str:
-    """MLflow metric names allow no brackets: ``recall[2]`` is logged as ``recall_2``."""
-    return name.replace("[", "_").replace("]", "")
+    """MLflow metric names allow no brackets: ``recall[barolo]`` is logged as
+    ``recall_barolo``; other characters MLflow refuses become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name.replace("[", "_").replace("]", ""))
 
 
 @task(name="evaluate-candidate", cache_policy=NONE)
@@ -282,7 +288,9 @@ def main(argv: list[str] | None = None) -> None:
     task_type = params.train.task
     y = encode_labels(holdout[params.data.label].to_numpy(), model, task_type)
     scores = score(model, holdout, "model", task_type)
-    metrics = compute_metrics(y, scores, params.gates.threshold, task_type)
+    metrics = compute_metrics(
+        y, scores, params.gates.threshold, task_type, getattr(model, "classes_", None)
+    )
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(metrics, indent=1, sort_keys=True))
     print(json.dumps(metrics, sort_keys=True))

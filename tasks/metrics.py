@@ -9,8 +9,8 @@ only) is NaN, never raised.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -55,18 +55,24 @@ def task_of(scores: np.ndarray, regression: bool = False) -> TaskType:
 
 
 def compute_metrics(
-    y: np.ndarray, scores: np.ndarray, threshold: float = 0.5, task: TaskType | None = None
+    y: np.ndarray,
+    scores: np.ndarray,
+    threshold: float = 0.5,
+    task: TaskType | None = None,
+    classes: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """Every metric of the task (binary unless ``scores`` is 2-d), plus per-class recall for
-    multiclass (``recall[<class index>]``)."""
+    multiclass, named by class (``recall[barolo]``; by index without ``classes``)."""
     task = task or task_of(scores)
     out = {name: metric_value(name, y, scores, threshold, task) for name in METRICS[task]}
     if task == "multiclass":
         k = np.shape(scores)[1]
+        names = [str(c) for c in classes] if classes is not None and len(classes) == k else None
         decided = np.argmax(scores, axis=1)
         for c in range(k):
             mask = np.asarray(y) == c
-            out[f"recall[{c}]"] = float(np.mean(decided[mask] == c)) if mask.any() else math.nan
+            name = names[c] if names else str(c)
+            out[f"recall[{name}]"] = float(np.mean(decided[mask] == c)) if mask.any() else math.nan
     return out
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from tasks.drift import psi_numeric
-from tasks.metrics import HIGHER_IS_BETTER, metric_value
+from tasks.metrics import HIGHER_IS_BETTER, category_psi, metric_value
 from tasks.resampling import bootstrap_gain
 
 if TYPE_CHECKING:
@@ -84,14 +84,54 @@ def production_batch_sizes(log: pd.DataFrame, limit: int = MAX_BATCH_SIZES) -> l
     return sorted(set(picked))[:limit]
 
 
+class ShadowSkip(Exception):
+    """The replay cannot compare (no champion to replay multiclass decisions with)."""
+
+
+def _compare(
+    candidate: Any,
+    champion: Any,
+    rows: pd.DataFrame,
+    window: LogWindow,
+    task: str,
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray, float | None, float, str]:
+    """Candidate and champion answers on the logged rows, the share of flipped decisions
+    (None for regression) and the PSI: of the scores (binary: production's logged scores),
+    of the decided classes (multiclass: the champion re-scores the logged rows, since the
+    log keeps only the decided class's probability), of the predictions (regression)."""
+    logged = window.log["score"].to_numpy(dtype=float)
+    if task == "regression":
+        cand = np.asarray(candidate.predict(rows), dtype=float)
+        return cand, logged, None, psi_numeric(logged, cand), "prediction"
+    if task == "multiclass":
+        if champion is None:
+            raise ShadowSkip("no champion to replay multiclass decisions against")
+        cand, champ = (
+            np.asarray(m.predict_proba(rows), dtype=float) for m in (candidate, champion)
+        )
+        ours, theirs = (list(getattr(m, "classes_", [])) for m in (candidate, champion))
+        if ours != theirs:
+            raise ShadowSkip(f"candidate classes {ours} differ from the champion's {theirs}")
+        dc, dh = np.argmax(cand, axis=1), np.argmax(champ, axis=1)
+        flips = float(np.mean(dc != dh))
+        return cand, champ, flips, category_psi(dh, dc, cand.shape[1]), "decided-class"
+    cand = np.asarray(candidate.predict_proba(rows)[:, 1], dtype=float)
+    champ_decision = window.log["decision"].to_numpy().astype(int)
+    flips = float(np.mean((cand >= threshold).astype(int) != champ_decision))
+    return cand, logged, flips, psi_numeric(logged, cand), "score"
+
+
 def p95_latency_ms(model: Any, rows: pd.DataFrame, batch: int, repeats: int) -> float:
-    """p95 wall time of ``predict_proba`` on ``batch`` production rows, after one warm-up."""
+    """p95 wall time of one prediction call (``predict_proba``, or ``predict`` for a
+    regressor) on ``batch`` production rows, after one warm-up."""
     frame = rows.iloc[: max(1, min(batch, len(rows)))]
-    model.predict_proba(frame)
+    call = model.predict_proba if hasattr(model, "predict_proba") else model.predict
+    call(frame)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        model.predict_proba(frame)
+        call(frame)
         times.append((time.perf_counter() - started) * 1000)
     return float(np.percentile(times, 95))
 
@@ -107,8 +147,14 @@ def replay(
     resamples: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    task: str = "binary",
+    champion: Any = None,
 ) -> ShadowReport:
-    """The candidate on the champion's logged production requests; never raises on odd logs."""
+    """The candidate on the champion's logged production requests; never raises on odd logs.
+    Binary: flips of the decision and score PSI against what production answered;
+    multiclass: flips of the decided class and its PSI against the champion on the same
+    logged rows; regression: the PSI and change of predictions. Each with the paired metric
+    on the labelled requests."""
     notes = list(window.notes)
     if window.rows < policy.min_rows:
         reason = (
@@ -122,19 +168,22 @@ def replay(
         if missing:
             raise ValueError(f"the logged records lack features {missing}")
         rows = window.inputs[features]
-        cand = np.asarray(candidate.predict_proba(rows)[:, 1], dtype=float)
+        cand, champ, flips, psi, what = _compare(candidate, champion, rows, window, task, threshold)
+    except ShadowSkip as skip:
+        check = ShadowCheck("shadow", "skipped", float(window.rows), None, str(skip))
+        return ShadowReport(window.rows, 0, (check,), notes=tuple(notes))
     except Exception as exc:  # a candidate that cannot score production fails the gate
         reason = f"the candidate cannot score logged production requests: {exc}"
         check = ShadowCheck("shadow", "failed", None, None, reason)
         return ShadowReport(window.rows, 0, (check,), notes=tuple(notes))
-    champ = window.log["score"].to_numpy(dtype=float)
-    champ_decision = window.log["decision"].to_numpy().astype(int)
-    flips = float(np.mean((cand >= threshold).astype(int) != champ_decision))
-    psi = psi_numeric(champ, cand)
-    checks = [
-        _bound("shadow_flip_rate", flips, policy.max_flip_rate, "decisions flipped"),
-        _bound("shadow_score_psi", psi, policy.max_score_psi, "score PSI vs champion"),
-    ]
+    checks = [_bound("shadow_score_psi", psi, policy.max_score_psi, f"{what} PSI vs champion")]
+    if flips is not None:
+        checks.insert(
+            0, _bound("shadow_flip_rate", flips, policy.max_flip_rate, "decisions flipped")
+        )
+    else:  # regression: how far the predictions move, said; the PSI and paired error judge
+        change = float(np.mean(np.abs(cand - champ)) / (np.mean(np.abs(champ)) or 1.0))
+        notes.append(f"predictions change by {100 * change:.2f}% of their mean on average")
     sizes = production_batch_sizes(window.log)
     p95 = {b: p95_latency_ms(candidate, rows, b, policy.latency_repeats) for b in sizes}
     worst = max(p95, key=lambda b: p95[b])
@@ -142,7 +191,18 @@ def replay(
         _bound("shadow_p95_ms", p95[worst], policy.max_p95_ms, f"p95 ms at batch size {worst}")
     )
     paired, gain = _paired(
-        window, labelled, cand, policy, metric, threshold, resamples, alpha, seed
+        window,
+        labelled,
+        cand,
+        champ,
+        policy,
+        metric,
+        threshold,
+        resamples,
+        alpha,
+        seed,
+        task,
+        getattr(candidate, "classes_", None),
     )
     checks.append(paired)
     labelled_rows = gain[3] if paired.status != "skipped" else int(paired.value or 0)
@@ -165,12 +225,15 @@ def _paired(
     window: LogWindow,
     labelled: LabelledPredictions | None,
     cand: np.ndarray,
+    champ: np.ndarray,
     policy: ShadowRule,
     metric: str,
     threshold: float,
     resamples: int,
     alpha: float,
     seed: int,
+    task: str = "binary",
+    classes: Any = None,
 ) -> tuple[ShadowCheck, tuple[float | None, float | None, float | None, int]]:
     none: tuple[float | None, float | None, float | None, int] = (None, None, None, 0)
     if labelled is None or labelled.frame.empty:
@@ -186,22 +249,38 @@ def _paired(
         )
         return ShadowCheck("shadow_paired_metric", "skipped", float(n), None, reason), none
     at = frame["prediction_id"].map(position).to_numpy()
-    y, c, h = frame["y"].to_numpy().astype(int), cand[at], frame["score"].to_numpy(dtype=float)
-    point = metric_value(metric, y, c, threshold) - metric_value(metric, y, h, threshold)
+    raw, c, h = frame["y"].to_numpy(), cand[at], champ[at]
+    # join_labels gives labels as the scores index them: the class's index, or the value
+    y = raw.astype(float) if task == "regression" else raw.astype(int)
+    kind = task if task in {"binary", "multiclass", "regression"} else None
+    point = metric_value(metric, y, c, threshold, kind) - metric_value(  # type: ignore[arg-type]
+        metric,
+        y,
+        h,
+        threshold,
+        kind,  # type: ignore[arg-type]
+    )
     point = point if HIGHER_IS_BETTER[metric] else -point
-    gains = bootstrap_gain(metric, y, c, h, threshold, resamples, seed)
+    gains = bootstrap_gain(
+        metric, y, c, h, threshold, resamples, seed, regression=task == "regression"
+    )
     gains = gains[np.isfinite(gains)]
     if len(gains) == 0 or not math.isfinite(point):
         reason = f"{metric} is undefined on the {n} labelled requests (one class?)"
         return ShadowCheck("shadow_paired_metric", "skipped", float(n), None, reason), none
     low, high = (float(q) for q in np.quantile(gains, [alpha / 2, 1 - alpha / 2]))
-    worse = high < -policy.tolerance
+    drop = 0.002 if policy.tolerance is None else policy.tolerance
+    if policy.relative_tolerance is not None:
+        drop = policy.relative_tolerance * abs(
+            metric_value(metric, y, h, threshold, kind)  # type: ignore[arg-type]
+        )
+    worse = high < -drop
     reason = (
         f"{metric} gain on {n} labelled production requests {point:+.4f} "
         f"[{low:+.4f}, {high:+.4f}]" + (" : candidate is worse" if worse else "")
     )
     status: Status = "failed" if worse else "passed"
-    check = ShadowCheck("shadow_paired_metric", status, point, -policy.tolerance, reason)
+    check = ShadowCheck("shadow_paired_metric", status, point, -drop, reason)
     return check, (point, low, high, n)
 
 

@@ -24,10 +24,10 @@ from tasks.config.operations import (
     WebhookParams,
     WorkPoolParams,
 )
+from tasks.config.overlay import merge_sections
 from tasks.config.params import (
     Params,
     load_params,
-    merge_sections,
     parse_params,
     read_raw_params,
 )

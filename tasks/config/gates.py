@@ -26,6 +26,8 @@ class GateParams(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)  # serving decision threshold
     fail_run_on_reject: bool = False
     custom: list[dict[str, Any]] = Field(default_factory=list)
+    # filled at load (tasks/config/defaults.py): the values that were task defaults, key=value
+    defaulted: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 if TYPE_CHECKING:
     pass
 from tasks.config.base import ConfigError, _Section, project_root
+from tasks.config.defaults import DefaultsError, with_task_defaults
 from tasks.config.gates import GateParams
 from tasks.config.operations import (
     DriftParams,
@@ -23,6 +24,7 @@ from tasks.config.operations import (
     TriggerParams,
     WorkPoolParams,
 )
+from tasks.config.overlay import ParamsLoader, merge_overlay
 from tasks.config.reading import load_yaml_bounded, read_bounded
 from tasks.config.shipping import (
     DeployParams,
@@ -64,17 +66,14 @@ class Params(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _primary_metric_by_task(cls, raw: Any) -> Any:
-        """Without ``gates.primary_metric``, the task's own default (roc_auc, log_loss, rmse)."""
-        from tasks.metrics import DEFAULT_PRIMARY
-
+    def _gate_defaults_by_task(cls, raw: Any) -> Any:
+        """What the gate policy leaves out follows the task (tasks/config/defaults.py)."""
         if not isinstance(raw, dict):
             return raw
-        task = (raw.get("train") or {}).get("task", "binary")
-        gates = raw.get("gates") or {}
-        if isinstance(gates, dict) and "primary_metric" not in gates and task in DEFAULT_PRIMARY:
-            raw = {**raw, "gates": {**gates, "primary_metric": DEFAULT_PRIMARY[task]}}
-        return raw
+        try:
+            return with_task_defaults(raw)
+        except DefaultsError as exc:
+            raise ValueError(str(exc)) from exc
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> Params:
@@ -148,7 +147,7 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
 def _read_mapping(file: Path) -> dict[str, Any]:
     text = read_bounded(file)
     try:
-        raw = load_yaml_bounded(file, text)
+        raw = load_yaml_bounded(file, text, loader_class=ParamsLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -175,19 +174,8 @@ def _absolute_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
         value = values[key]
         if "://" in value or Path(value).is_absolute():
             continue
-        out[section] = {**values, key: str(folder / value)}
+        out[section] = {**values, key: os.path.normpath(folder / value)}
     return out
-
-
-def merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` on top of ``base``: mappings merge key by key, anything else replaces."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_sections(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def read_raw_params(file: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
@@ -209,14 +197,15 @@ def read_raw_params(file: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str
     if not isinstance(parent, str):
         raise ConfigError(f"{file}: extends must be the path of a params file, got {parent!r}")
     base, root = read_raw_params(file.parent / parent, (*_chain, file))
-    return merge_sections(base, raw), root
+    return merge_overlay(base, raw), root
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
     """Load and validate ``params.yaml``; relative paths in it are resolved against its folder.
 
     A file with ``extends: <path>`` holds only what differs from that file (one model of
-    several sharing the project's defaults); sections merge key by key.
+    several sharing the project's defaults); sections merge key by key, except what the
+    overlay replaces (``!replace``, ``{}``, another estimator or task: tasks/config/overlay.py).
     """
     file = Path(path)
     raw, root = read_raw_params(file)

@@ -100,10 +100,15 @@ def _check_expansion(root: yaml.Node, file: Path, max_nodes: int, max_depth: int
 
 
 def load_yaml_bounded(
-    file: Path, text: str, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH
+    file: Path,
+    text: str,
+    max_nodes: int = MAX_NODES,
+    max_depth: int = MAX_DEPTH,
+    loader_class: type[yaml.SafeLoader] = yaml.SafeLoader,
 ) -> Any:
-    """``yaml.safe_load(text)``, refused with ConfigError past the bounds."""
-    loader = yaml.SafeLoader(text)
+    """``text`` loaded by ``loader_class`` (a SafeLoader), refused with ConfigError past the
+    bounds, which are checked on the node graph before anything is constructed."""
+    loader = loader_class(text)
     try:
         try:
             node = loader.get_single_node()

@@ -119,6 +119,57 @@ class TrainParams(_Section):
             raise ValueError(f"package {top!r} of {value!r} is not installed")
         return value
 
+    @model_validator(mode="after")
+    def _estimator_takes_hyperparameters(self) -> TrainParams:
+        """The estimator fits the task and takes every hyperparameter: checked at load, not
+        found at train time (the estimator's module is imported here)."""
+        problem = estimator_problem(self.estimator, self.task, self.hyperparameters)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def estimator_problem(path: str, task: str, hyperparameters: dict[str, Any]) -> str | None:
+    """Why ``path`` cannot be trained for ``task`` with ``hyperparameters``, or None."""
+    import importlib
+    import inspect
+
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        accepted = cls().get_params()
+    except (ImportError, AttributeError, TypeError) as exc:
+        return f"train.estimator {path!r} cannot be imported: {type(exc).__name__}: {exc}"
+    signature = inspect.signature(cls).parameters.values()
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature)
+    unknown = sorted(set(hyperparameters) - set(accepted))
+    if unknown and not takes_any:
+        keys = ", ".join(f"train.hyperparameters.{k}" for k in unknown)
+        return (
+            f"{keys} are not parameters of {class_name} ({path}); its parameters: "
+            f"{', '.join(sorted(accepted))}. Remove the key, or replace the inherited "
+            "hyperparameters in this model's overlay (`hyperparameters: !replace {...}` or `{}`)"
+        )
+    from sklearn.base import is_classifier, is_regressor
+
+    try:
+        estimator = cls(**hyperparameters)
+    except (TypeError, ValueError) as exc:
+        return f"train.hyperparameters do not build {class_name}: {exc}"
+    if task == "regression" and not is_regressor(estimator):
+        return f"train.task is regression but {path} is not a regressor: name a regressor"
+    if task != "regression" and (is_regressor(estimator) or not is_classifier(estimator)):
+        return (
+            f"train.task is {task} but {path} is not a classifier: name a classifier, or "
+            "set train.task: regression"
+        )
+    if task != "regression" and not hasattr(estimator, "predict_proba"):
+        return (
+            f"{path} has no predict_proba with these hyperparameters: a {task} task is gated "
+            "on probabilities (e.g. SVC needs probability: true)"
+        )
+    return None
+
 
 class DaskParams(_Section):
     """The Dask cluster of ``train.engine: dask``: a scheduler's address, or a local cluster."""

@@ -175,13 +175,14 @@ def build_evidence(
 
     y = encode_labels(holdout[data.label].to_numpy(), candidate, task)
     cand_s = scored(candidate, "candidate")
-    cand = compute_metrics(y, cand_s, policy.threshold, task)
+    classes = getattr(candidate, "classes_", None)  # multiclass recall named by class
+    cand = compute_metrics(y, cand_s, policy.threshold, task, classes)
     champ_s, champ, problem = None, None, None
     if champion is not None:
         dropped = schema_change(champion, holdout)
         try:
             champ_s = scored(champion, "champion")
-            champ = compute_metrics(y, champ_s, policy.threshold, task)
+            champ = compute_metrics(y, champ_s, policy.threshold, task, classes)
         except EvaluationError as exc:
             if not dropped:
                 raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tasks.gates.base import BaseGate, GateRule
 from tasks.metrics import better
@@ -14,9 +14,30 @@ from tasks.reports import GateResult, Status
 if TYPE_CHECKING:
     from tasks.gates.evidence import Evidence
 
+DEFAULT_TOLERANCE = 0.002
+
 
 class NoRegressionParams(GateRule):
-    tolerance: float = Field(0.002, ge=0.0)
+    """The tolerated drop: ``tolerance`` (absolute, in the metric's units) or
+    ``relative_tolerance`` (a share of the champion's value); without either, the task's
+    default (tasks/config/defaults.py), else an absolute 0.002."""
+
+    tolerance: float | None = Field(None, ge=0.0)
+    relative_tolerance: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NoRegressionParams:
+        if self.tolerance is not None and self.relative_tolerance is not None:
+            raise ValueError("set tolerance (absolute) or relative_tolerance, not both")
+        return self
+
+    def allowed_drop(self, champion: float) -> tuple[float, str]:
+        """The tolerated drop against a champion scoring ``champion``, and how it was set."""
+        if self.relative_tolerance is not None:
+            drop = self.relative_tolerance * abs(champion)
+            return drop, f"{drop:.4g} ({100 * self.relative_tolerance:g}% of the champion's)"
+        drop = DEFAULT_TOLERANCE if self.tolerance is None else self.tolerance
+        return drop, f"{drop:g}"
 
 
 class NoRegressionGate(BaseGate):
@@ -35,6 +56,7 @@ class NoRegressionGate(BaseGate):
         if math.isnan(c) or math.isnan(h):
             return [self.result("failed", f"{metric} is undefined here", metric, c, h)]
         gain = better(metric, c, h)
-        status: Status = "passed" if gain >= -rule.tolerance else "failed"
-        reason = f"{metric} changed by {gain:+.4f}; tolerated drop {rule.tolerance}"
-        return [self.result(status, reason, metric, c, h, -rule.tolerance)]
+        drop, said = rule.allowed_drop(h)
+        status: Status = "passed" if gain >= -drop else "failed"
+        reason = f"{metric} changed by {gain:+.4f}; tolerated drop {said}"
+        return [self.result(status, reason, metric, c, h, -drop)]

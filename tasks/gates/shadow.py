@@ -28,7 +28,10 @@ class ShadowRule(GateRule):
     max_p95_ms: float | None = Field(250.0, gt=0)  # at the batch sizes production sent
     latency_repeats: int = Field(10, ge=1)
     min_labelled_rows: int = Field(100, ge=1)  # for the paired metric comparison
-    tolerance: float = Field(0.002, ge=0)  # rejected when the gain's upper bound is below -it
+    # rejected when the gain's upper bound is below -tolerance (absolute), or below
+    # -relative_tolerance x the champion's value; neither: the task's default, else 0.002
+    tolerance: float | None = Field(None, ge=0)
+    relative_tolerance: float | None = Field(None, ge=0, le=1)
     resamples: int = Field(1000, ge=50, le=100_000)
     alpha: float = Field(0.05, gt=0, lt=0.5)
     seed: int = 0
@@ -47,12 +50,6 @@ class ShadowGate(BaseGate):
 
         rule = self.params
         assert isinstance(rule, ShadowRule)
-        if evidence.task != "binary":
-            return [
-                self.result(
-                    "skipped", f"shadow replay compares binary decisions, not {evidence.task}"
-                )
-            ]
         if rule.log_url is None:
             return [self.result("skipped", "no inference log configured (monitor.log_url)")]
         window = read_recent(rule.log_url, rule.rows, None, evidence.threshold)
@@ -63,7 +60,8 @@ class ShadowGate(BaseGate):
         labelled = None
         if window.rows >= rule.min_rows and rule.labels is not None and rule.labels.url:
             labels, notes = read_labels(rule.labels)
-            labelled = join_labels(window, labels, rule.labels.key)
+            classes = getattr(evidence.candidate, "classes_", None)
+            labelled = join_labels(window, labels, rule.labels.key, evidence.task, classes)
             evidence.notes.extend(f"shadow: {n}" for n in (*notes, *labelled.notes))
         report = replay(
             evidence.candidate,
@@ -76,6 +74,8 @@ class ShadowGate(BaseGate):
             rule.resamples,
             rule.alpha,
             rule.seed,
+            evidence.task,
+            evidence.champion,
         )
         evidence.artifacts["shadow"] = report
         return [

@@ -69,8 +69,10 @@ def test_two_models_cannot_share_a_registry_name(tmp_path):
 def test_bad_folder_name_and_extends_loop(tmp_path):
     write_params(tmp_path)
     declare(tmp_path, "Bad_Name", registry={"model_name": "x"})
+    (bad,) = discover(tmp_path)  # reported with its error, not raised for every model
+    assert "lowercase" in bad.error
     with pytest.raises(ConfigError, match="lowercase"):
-        discover(tmp_path)
+        bad.params()
     loop = tmp_path / "loop.yaml"
     loop.write_text("extends: loop.yaml\n")
     from tasks.config import load_params
@@ -105,3 +107,53 @@ def test_a_canary_of_its_own_name_space_is_accepted(tmp_path):
     declare(tmp_path, "a", registry={"model_name": "a"}, deploy=canary)
     declare(tmp_path, "b", registry={"model_name": "b"}, deploy={"deployment": "churn-blue"})
     assert [m.name for m in discover(tmp_path)] == ["a", "b"]
+
+
+def test_one_invalid_overlay_is_reported_and_the_others_keep_working(tmp_path):
+    from ctflows.catalog import working
+    from deployments.definitions import project_specs
+    from deployments.receiver import model_routes
+
+    write_params(tmp_path)
+    declare(
+        tmp_path, "churn", registry={"model_name": "churn"}, deploy={"deployment": "churn-model"}
+    )
+    declare(
+        tmp_path,
+        "wine",
+        registry={"model_name": "wine"},
+        deploy={"deployment": "wine-model"},
+        train={"hyperparameterz": {}},  # a typo
+    )
+    models = {m.name: m for m in discover(tmp_path)}
+    assert models["churn"].error is None
+    assert "train.hyperparameterz" in models["wine"].error
+    assert [m.name for m in working(list(models.values()))] == ["churn"]
+    assert find(tmp_path, "churn").params().registry.model_name == "churn"
+    with pytest.raises(ConfigError, match="hyperparameterz"):
+        find(tmp_path, "wine").params()
+    root = tmp_path / "params.yaml"
+    assert {s.name.split("-")[0] for s in project_specs(root)} <= {"churn"}
+    assert [r.model for r in model_routes(str(root))] == ["churn"]
+
+
+def test_the_cli_lists_a_broken_model_with_its_error_and_shows_the_others(tmp_path, capsys):
+    import json
+
+    from ctflows.cli import main
+
+    write_params(tmp_path, mlflow={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    declare(
+        tmp_path, "churn", registry={"model_name": "churn"}, deploy={"deployment": "churn-model"}
+    )
+    declare(tmp_path, "wine", registry={"model_name": "wine"}, deploy={"deplyment": "x"})
+    assert main(["models", "--project", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "churn" in out and "wine" in out and "deploy.deplyment" in out
+    assert main(["status", "wine", "--project", str(tmp_path)]) == 2
+    assert "deploy.deplyment" in capsys.readouterr().err
+    code = main(["status", "--project", str(tmp_path), "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 2
+    assert [p.get("model") for p in payload] == ["churn", "wine"]
+    assert "deploy.deplyment" in payload[1]["error"]

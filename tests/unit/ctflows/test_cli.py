@@ -14,6 +14,8 @@ COMMANDS = [
     "unfreeze",
     "run",
     "init",
+    "check",
+    "land",
 ]
 
 

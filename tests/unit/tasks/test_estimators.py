@@ -12,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.serving.app import create_app
+from tasks.config import ConfigError
 from tasks.data import make_batch
-from tasks.estimators import EstimatorError, make_estimator, pip_requirements, preprocessing_for
+from tasks.estimators import make_estimator, pip_requirements, preprocessing_for
 from tasks.train import train_model
 from tests.helpers import small_params
 
@@ -127,11 +128,10 @@ def test_preprocessing_can_be_overridden(tmp_path):
         ),
     ],
 )
-def test_an_estimator_that_does_not_fit_the_task_is_named(tmp_path, train, match):
+def test_an_estimator_that_does_not_fit_the_task_is_named_when_params_load(tmp_path, train, match):
     gates = {"primary_metric": "rmse", "minimums": {}} if train.get("task") == "regression" else {}
-    params = small_params(tmp_path, train=train, gates=gates)
-    with pytest.raises(EstimatorError, match=match):
-        make_estimator(params)
+    with pytest.raises(ConfigError, match=match):
+        small_params(tmp_path, train=train, gates=gates)
 
 
 def test_seed_and_threads_only_where_the_estimator_uses_them(tmp_path):

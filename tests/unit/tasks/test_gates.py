@@ -143,7 +143,11 @@ def test_a_bad_custom_gate_is_an_error_at_load(tmp_path, monkeypatch, entry, mat
         ({"parity": {"max_psi": 1}}, {}, "prediction_parity"),
         ({"latency": {"max_p95_ms": -1}}, {}, "latency.max_p95_ms"),
         ({"champion_scoring": {"enabled": False}}, {}, "champion_scoring.enabled"),
-        ({"primary_metric": "roc_auc"}, {"task": "regression"}, "gates.primary_metric"),
+        (
+            {"primary_metric": "roc_auc"},
+            {"task": "regression", "estimator": "lightgbm.LGBMRegressor"},
+            "gates.primary_metric",
+        ),
         ({"minimums": {"rmse": 3.0}}, {}, "gates.minimums.rmse"),
     ],
 )

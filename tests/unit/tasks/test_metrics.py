@@ -87,3 +87,14 @@ def test_gains_of_several_candidates_are_each_what_its_own_bootstrap_gives(metri
     for shared, own in zip(together, alone, strict=True):
         np.testing.assert_array_equal(shared, own)
     assert np.mean(together[1]) > np.mean(together[0]) > 0  # the perfect model gains most
+
+
+def test_multiclass_recall_is_named_by_class():
+    from tasks.evaluate import _metric_key
+
+    y = np.array([0, 1, 2, 2])
+    scores = np.eye(3)[[0, 1, 2, 1]]
+    m = compute_metrics(y, scores, task="multiclass", classes=["barolo", "grignolino", "barbera"])
+    assert m["recall[barolo]"] == 1.0 and m["recall[barbera]"] == 0.5
+    assert "recall[0]" not in m
+    assert _metric_key("recall[pinot noir/rosé]") == "recall_pinot noir/ros_"

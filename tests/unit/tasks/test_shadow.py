@@ -157,3 +157,60 @@ def test_the_shadow_gate_rejects_in_compare_what_the_holdout_gates_promote(setup
     assert "shadow_flip_rate" in failed and all(n.startswith("shadow_") for n in failed)
     assert report.gate("no_regression").status == "passed"
     assert "decisions flipped" in report.gate("shadow_flip_rate").reason
+
+
+def _sklearn_frames(kind):
+    from sklearn.datasets import load_diabetes, load_wine
+
+    if kind == "multiclass":
+        data = load_wine(as_frame=True)
+        frame = data.frame.rename(columns={"target": "y"})
+        frame["y"] = frame["y"].map(dict(enumerate(["barolo", "grignolino", "barbera"])))
+    else:
+        frame = load_diabetes(as_frame=True).frame.rename(columns={"target": "y"})
+    features = [c for c in frame.columns if c != "y"]
+    return frame.sample(frac=1.0, random_state=0).reset_index(drop=True), features
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_shadow_replays_multiclass_decisions_and_regression_predictions(tmp_path, task):
+    """No longer skipped for tasks other than binary: a candidate that changes production's
+    decided classes (multiclass) or predictions (regression) is rejected."""
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame, features = _sklearn_frames(task)
+    X, y = frame[features], frame["y"]
+    if task == "multiclass":
+        champion = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
+        drifting = DummyClassifier(strategy="constant", constant="barbera").fit(X, y)
+        scores = champion.predict_proba(X).max(axis=1)
+    else:
+        champion = LinearRegression().fit(X, y)
+        drifting = DummyRegressor(strategy="constant", constant=float(y.max())).fit(X, y)
+        scores = champion.predict(X)
+    rule = ShadowRule(min_rows=50, min_labelled_rows=50)
+    write_log(tmp_path / "log", X.to_dict("records"), scores, T0.timestamp(), version="1")
+    window = read_recent(str(tmp_path / "log"), rule.rows, "1")
+    metric = "log_loss" if task == "multiclass" else "rmse"
+    labels = pd.DataFrame({"id": window.log["prediction_id"], "label": y.to_numpy(), "time": T0})
+    classes = getattr(champion, "classes_", None)
+    labelled = join_labels(window, labels, "prediction_id", task, classes)
+    assert len(labelled.frame) == len(frame)
+
+    same = replay(
+        champion, window, labelled, features, rule, metric, 0.5, 200, 0.05, 0, task, champion
+    )
+    assert same.passed, same.checks
+    assert same.score_psi == pytest.approx(0.0, abs=1e-6)
+    bad = replay(
+        drifting, window, labelled, features, rule, metric, 0.5, 200, 0.05, 0, task, champion
+    )
+    failed = {c.name for c in bad.failed}
+    assert "shadow_score_psi" in failed and "shadow_paired_metric" in failed
+    if task == "multiclass":
+        assert "shadow_flip_rate" in failed and bad.flip_rate > 0.5
+    else:
+        assert bad.flip_rate is None and any("predictions change" in n for n in bad.notes)
