@@ -215,7 +215,7 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
 
 def _production_sources(params: Params) -> Params:
     """The `shadow` gate reads the production monitor's inference log and labels unless its
-    own section names others."""
+    own section names others, and only this model's records of it."""
     rule = (params.gates.model_extra or {}).get("shadow")
     if rule is None or not hasattr(rule, "log_url"):
         return params
@@ -224,6 +224,7 @@ def _production_sources(params: Params) -> Params:
         or params.monitor.log_url
         or str(params.state_dir / "inference-log"),
         "labels": rule.labels or params.monitor.labels,
+        "model_name": rule.model_name or params.registry.model_name,
     }
     gates = params.gates.model_copy(update={"shadow": rule.model_copy(update=update)})
     return params.model_copy(update={"gates": gates})

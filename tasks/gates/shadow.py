@@ -37,6 +37,8 @@ class ShadowRule(GateRule):
     seed: int = 0
     log_url: str | None = None  # null: monitor.log_url (the serving app's inference log)
     labels: LabelSourceParams | None = None  # null: monitor.labels
+    # filled at load from registry.model_name: the shared log holds every model's records
+    model_name: str | None = None
 
 
 class ShadowGate(BaseGate):
@@ -52,11 +54,12 @@ class ShadowGate(BaseGate):
         assert isinstance(rule, ShadowRule)
         if rule.log_url is None:
             return [self.result("skipped", "no inference log configured (monitor.log_url)")]
-        window = read_recent(rule.log_url, rule.rows, None, evidence.threshold)
+        name = rule.model_name
+        window = read_recent(rule.log_url, rule.rows, None, evidence.threshold, name)
         if window.rows:
             serving = str(window.log["model_version"].iloc[-1])  # the version answering now
             if (window.log["model_version"].astype(str) != serving).any():
-                window = read_recent(rule.log_url, rule.rows, serving, evidence.threshold)
+                window = read_recent(rule.log_url, rule.rows, serving, evidence.threshold, name)
         labelled = None
         if window.rows >= rule.min_rows and rule.labels is not None and rule.labels.url:
             labels, notes = read_labels(rule.labels)

@@ -159,6 +159,25 @@ def test_the_shadow_gate_rejects_in_compare_what_the_holdout_gates_promote(setup
     assert "decisions flipped" in report.gate("shadow_flip_rate").reason
 
 
+def test_the_shadow_gate_replays_only_its_own_models_records(setup):
+    """The inference log is shared by every model of the installation: another model's
+    traffic is not this model's production."""
+    params, champion, better, holdout, _, url = setup
+    raw = params.gates.model_dump()
+    off = {"enabled": False}
+    raw.update(latency=off, model_size=off, predict_memory=off, fairness=off, prediction_parity=off)
+    raw["shadow"] = {"log_url": str(url), "min_rows": 500, "model_name": "another-model"}
+    policy = type(params.gates).model_validate(raw)
+    report = compare(Shifted(better, 2.5), champion, holdout, policy, params.data)
+    assert report.gate("shadow").status == "skipped"
+    assert "only 0 logged" in report.gate("shadow").reason
+
+
+def test_params_load_points_the_shadow_gate_at_its_own_model(tmp_path):
+    params = small_params(tmp_path, registry={"model_name": "wine"})
+    assert params.gates.rule("shadow").model_name == "wine"
+
+
 def _sklearn_frames(kind):
     from sklearn.datasets import load_diabetes, load_wine
 
