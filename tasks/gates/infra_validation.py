@@ -91,6 +91,16 @@ def post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
     return answer
 
 
+def load_failure(body: str) -> str | None:
+    """The app's reason when /ready says the model failed to load (not: still loading)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    reason = answer.get("reason") if isinstance(answer, dict) else None
+    return str(reason) if reason and reason != "loading" else None
+
+
 def exited(state: dict[str, Any], limit: int) -> str:
     """Why a container stopped, from its state: the exit code, and a kill at the memory limit
     (cgroup v1 with runc does not always report OOMKilled; SIGKILL under a limit is that)."""
@@ -117,6 +127,9 @@ def wait_ready(podman: Podman, name: str, url: str, seconds: float, limit: int) 
             if status == 200:
                 return time.monotonic() - started
             last = f"{status} {body[:300]}"
+            reason = load_failure(body)
+            if reason:  # the app does not try again: waiting longer changes nothing
+                raise InfraFailure(f"the model failed to load in the container: {reason}")
         except OSError as exc:
             last = f"{type(exc).__name__}"
         time.sleep(0.25)
@@ -171,6 +184,12 @@ def compare_scores(served: list[float], expected: list[float], tolerance: float)
     return None
 
 
+def own_lines(logs: str) -> str:
+    """The container's log without the access lines of the gate's own /ready polling, which
+    would push what the app said out of the tail."""
+    return "\n".join(line for line in logs.splitlines() if '"GET /ready HTTP/1.1"' not in line)
+
+
 def validate_image(
     built: ModelImage,
     rows: pd.DataFrame,
@@ -191,7 +210,7 @@ def validate_image(
     try:
         probe = run_probe(engine, ref, rows, params)
     except InfraFailure as exc:
-        tail = tail_of(exc.logs, params.log_lines)
+        tail = tail_of(own_lines(exc.logs), params.log_lines)
         reason = f"{exc.what}; container log tail:\n{tail}" if tail else exc.what
         return GateResult(NAME, "failed", reason, "ready_seconds", gate=NAME)
     except ContainerError as exc:

@@ -8,7 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.config.gates import InfraValidationParams
-from tasks.gates.infra_validation import ARCH, check_runnable, compare_scores, exited
+from tasks.gates.infra_validation import (
+    ARCH,
+    check_runnable,
+    compare_scores,
+    exited,
+    load_failure,
+    own_lines,
+)
 from tasks.oci_layout import ImageError
 
 HOST = f"linux/{ARCH.get(platform.machine(), platform.machine())}"
@@ -48,3 +55,15 @@ def test_params_name_the_runtime_and_refuse_unknown_keys():
         InfraValidationParams(runtime="docker")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="probe"):
         InfraValidationParams(probe=3)  # type: ignore[call-arg]
+
+
+def test_the_log_tail_keeps_what_the_app_said_not_the_gates_own_polling():
+    logs = "model /models failed to load: X\n" + '1.2.3.4 - "GET /ready HTTP/1.1" 503\n' * 50
+    assert own_lines(logs) == "model /models failed to load: X"
+
+
+def test_a_model_that_failed_to_load_is_not_waited_for():
+    failed = '{"status": "not ready", "reason": "ModuleNotFoundError: No module named \'tasks\'"}'
+    assert load_failure(failed) == "ModuleNotFoundError: No module named 'tasks'"
+    assert load_failure('{"status": "not ready", "reason": "loading"}') is None
+    assert load_failure("<html>bad gateway</html>") is None
