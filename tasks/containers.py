@@ -169,7 +169,8 @@ class Podman:
         return found[0]
 
     def remove_image(self, image: str) -> None:
-        self._run(["rmi", "--force", image], f"podman rmi {image}", check=False)
+        """Untag and delete ``image`` unless a container still uses it (then it stays)."""
+        self._run(["rmi", image], f"podman rmi {image}", check=False)
 
     # -- containers -----------------------------------------------------------------------------
     def start(

@@ -206,8 +206,8 @@ def validate_image(
     engine = podman or Podman(runtime=params.runtime_binary)
     ref = built.reference
     engine.pull(ref, is_loopback(Reference.parse(ref).registry))
-    check_runnable(engine.inspect_image(ref), ref)
     try:
+        check_runnable(engine.inspect_image(ref), ref)
         probe = run_probe(engine, ref, rows, params)
     except InfraFailure as exc:
         tail = tail_of(own_lines(exc.logs), params.log_lines)
@@ -215,6 +215,8 @@ def validate_image(
         return GateResult(NAME, "failed", reason, "ready_seconds", gate=NAME)
     except ContainerError as exc:
         return GateResult(NAME, "failed", str(exc), gate=NAME)
+    finally:  # the model's layer is not kept on the flow's machine (the base's layers are)
+        engine.remove_image(ref)
     mismatch = compare_scores(probe.scores, expected, params.tolerance)
     if mismatch:
         return GateResult(NAME, "failed", mismatch, "ready_seconds", probe.ready_seconds, gate=NAME)
