@@ -45,6 +45,10 @@ serving-base: $(STAMP) container-tools  ## build deployments/serving/Dockerfile 
 	@test -n "$(REGISTRY)" || { echo "usage: make serving-base REGISTRY=ghcr.io/<team> [FROM=...|BOOTSTRAP=bookworm] [TAG=...]"; exit 2; }
 	$(PY) -m tasks.serving_base --registry $(REGISTRY) $(if $(FROM),--from $(FROM)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) $(if $(TAG),--tag $(TAG))
 
+flow-image: $(STAMP) container-tools  ## build deployments/flow/Dockerfile with podman and push it: REGISTRY=ghcr.io/team [FROM=image | BOOTSTRAP=bookworm] [TAG=release]
+	@test -n "$(REGISTRY)" || { echo "usage: make flow-image REGISTRY=ghcr.io/<team> [FROM=...|BOOTSTRAP=bookworm] [TAG=...]"; exit 2; }
+	$(PY) -m tasks.serving_base --registry $(REGISTRY) --name ctflows-flow --dockerfile deployments/flow/Dockerfile $(if $(FROM),--from $(FROM)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) $(if $(TAG),--tag $(TAG))
+
 test: $(STAMP) registry-tools container-tools  ## unit and integration tests against the real components
 	$(PY) -m pytest
 

@@ -2,6 +2,7 @@
 
     make serving-base REGISTRY=ghcr.io/team            # FROM python:3.11-slim, as written
     make serving-base REGISTRY=... BOOTSTRAP=bookworm  # FROM a Debian bookworm made here
+    make flow-image REGISTRY=...                       # deployments/flow/Dockerfile, the same way
 
 podman builds the Dockerfile (chroot isolation, the host's network, OCI media types) and
 pushes it; the digest is printed in the form ``image.base`` wants. With ``--bootstrap`` the
@@ -71,18 +72,28 @@ def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return base / "ctflows"
 
 
-def source_files(root: Path = ROOT) -> list[Path]:
-    """What the Dockerfile reads: itself and every file it copies."""
-    serving = root / "deployments" / "serving"
-    files = [root / DOCKERFILE, serving / "requirements.txt", root / "deployments" / "__init__.py"]
-    files += sorted(p for p in serving.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    return sorted(set(files))
+def source_files(root: Path = ROOT, dockerfile: Path = DOCKERFILE) -> list[Path]:
+    """What a Dockerfile reads: itself and every file its ``COPY`` lines copy (caches skipped)."""
+    files = {root / dockerfile}
+    for line in (root / dockerfile).read_text().splitlines():
+        words = line.split()
+        if not words or words[0].upper() != "COPY":
+            continue
+        for source in [w for w in words[1:] if not w.startswith("--")][:-1]:
+            path = root / source
+            found = [path] if path.is_file() else sorted(path.rglob("*"))
+            files |= {
+                p for p in found if p.is_file() and not {"__pycache__", ".git"} & set(p.parts)
+            }
+    return sorted(files)
 
 
-def source_key(root: Path = ROOT, from_image: str | None = None) -> str:
+def source_key(
+    root: Path = ROOT, from_image: str | None = None, dockerfile: Path = DOCKERFILE
+) -> str:
     """A hash of the Dockerfile, what it copies and the FROM: the cached image's tag."""
     digest = hashlib.sha256((from_image or "dockerfile-from").encode())
-    for path in source_files(root):
+    for path in source_files(root, dockerfile):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -174,20 +185,23 @@ def build_base(
     from_image: str | None = None,
     bootstrap: str | None = None,
     root: Path = ROOT,
+    dockerfile: Path = DOCKERFILE,
+    name: str = LOCAL,
 ) -> BuiltBase:
-    """Build ``deployments/serving/Dockerfile`` into podman's store (or find it built)."""
+    """Build ``dockerfile`` (the serving base's by default; the flow image's with
+    ``deployments/flow/Dockerfile``) into podman's store as ``name:<key>``, or find it built."""
     started = time.monotonic()
     if bootstrap:
         from_image = bootstrap_image(podman, bootstrap)
-    key = source_key(root, from_image)
-    local = f"{LOCAL}:{key}"
-    with locked(f"serving-{key}"):
+    key = source_key(root, from_image, dockerfile)
+    local = f"{name}:{key}"
+    with locked(f"{name.rsplit('/', 1)[-1]}-{key}"):
         if podman.exists(local):
             return BuiltBase(local, time.monotonic() - started, True)
-        log.info("building the serving base %s from %s", local, root / DOCKERFILE)
+        log.info("building %s from %s", local, root / dockerfile)
         with tempfile.TemporaryDirectory(prefix="ctflows-build-") as tmp:
             volumes = build_volumes(Path(tmp) / "pip")
-            podman.build(root / DOCKERFILE, root, local, from_image, volumes)
+            podman.build(root / dockerfile, root, local, from_image, volumes)
     return BuiltBase(local, time.monotonic() - started, False)
 
 
@@ -220,17 +234,21 @@ def push_base(podman: Podman, local: str, repository: str, tag: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build and push the ctflows serving base image.")
+    parser = argparse.ArgumentParser(description="Build a ctflows image with podman and push it.")
     parser.add_argument("--registry", required=True, help="e.g. ghcr.io/team")
     parser.add_argument("--name", default="ctflows-serving")
     parser.add_argument("--tag", default=None, help="default: the sources' hash")
     parser.add_argument("--from", dest="from_image", help="replace the Dockerfile's FROM")
     parser.add_argument("--bootstrap", help="FROM a Debian suite made by mmdebstrap (bookworm)")
+    parser.add_argument("--dockerfile", type=Path, default=DOCKERFILE, help="relative to the repo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         podman = Podman()
-        built = build_base(podman, args.from_image, args.bootstrap)
+        local = f"localhost/{args.name}"
+        built = build_base(
+            podman, args.from_image, args.bootstrap, dockerfile=args.dockerfile, name=local
+        )
         how = "found in podman's store" if built.cached else "built"
         print(f"{built.local} {how} in {built.seconds:.0f}s", file=sys.stderr)
         tag = args.tag or built.local.rsplit(":", 1)[1]
@@ -238,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     except CtflowsError as exc:
         print(f"serving-base: {exc}", file=sys.stderr)
         return 2 if exc.kind is ErrorKind.BAD_INPUT else 1
-    print(f"image.base: {pinned}")
+    key = "image.base" if args.dockerfile == DOCKERFILE else "workpool.image"
+    print(f"{key}: {pinned}")
     return 0
 
 

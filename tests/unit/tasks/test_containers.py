@@ -34,7 +34,10 @@ def test_the_cache_key_changes_with_what_the_dockerfile_copies(tmp_path):
     serving = tmp_path / "deployments" / "serving"
     serving.mkdir(parents=True)
     (tmp_path / "deployments" / "__init__.py").write_text("")
-    (serving / "Dockerfile").write_text("FROM python:3.11-slim\n")
+    (serving / "Dockerfile").write_text(
+        "FROM python:3.11-slim\nCOPY deployments/__init__.py /app/deployments/\n"
+        "COPY --chown=1 deployments/serving/ /app/deployments/serving/\n"
+    )
     (serving / "requirements.txt").write_text("fastapi==1\n")
     (serving / "app.py").write_text("x = 1\n")
     first = source_key(tmp_path)
@@ -42,6 +45,10 @@ def test_the_cache_key_changes_with_what_the_dockerfile_copies(tmp_path):
     assert source_key(tmp_path, "localhost/other-from") != first
     (serving / "app.py").write_text("x = 2\n")
     assert source_key(tmp_path) != first
+    (tmp_path / "README.md").write_text("not copied")
+    second = source_key(tmp_path)
+    (tmp_path / "README.md").write_text("not copied, changed")
+    assert source_key(tmp_path) == second
 
 
 def test_pip_in_the_build_gets_the_hosts_ca_and_index(tmp_path):
