@@ -133,6 +133,7 @@ def test_promoted_image_runs_as_a_container_and_answers_as_the_registered_model(
     finally:
         logs = podman.logs(name)
         podman.remove(name)
+        podman.remove_image(image)
     import mlflow as ml
     import pandas as pd
 
