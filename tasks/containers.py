@@ -14,6 +14,7 @@ import logging
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,9 +91,15 @@ class Podman:
         self.podman = require("podman")
         self.runtime = require(runtime)
         self.timeout = timeout
+        self.monitors: dict[str, Path] = {}
 
     def _run(
-        self, args: Sequence[str], what: str, timeout: float | None = None, check: bool = True
+        self,
+        args: Sequence[str],
+        what: str,
+        timeout: float | None = None,
+        check: bool = True,
+        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         try:
             done = subprocess.run(
@@ -101,6 +108,7 @@ class Podman:
                 text=True,
                 timeout=timeout or self.timeout,
                 check=False,
+                cwd=cwd,
             )
         except subprocess.TimeoutExpired as exc:
             out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else exc.stdout
@@ -192,13 +200,19 @@ class Podman:
             args += ["--env", f"{key}={value}"]
         for volume in volumes:
             args += ["--volume", volume]
-        done = self._run([*args, image], f"podman run {image}")
+        # conmon (the container's monitor) writes a file `oom` into its working directory
+        # when the kernel kills the container for memory: kept apart, and read by state()
+        self.monitors[name] = Path(tempfile.mkdtemp(prefix="ctflows-conmon-"))
+        done = self._run([*args, image], f"podman run {image}", cwd=self.monitors[name])
         return Running(done.stdout.strip(), name, f"http://127.0.0.1:{port}")
 
     def state(self, name: str) -> dict[str, Any]:
         done = self._run(["inspect", "--type=container", name], f"podman inspect {name}")
         found: list[dict[str, Any]] = json.loads(done.stdout)
         state: dict[str, Any] = found[0]["State"]
+        monitor = self.monitors.get(name)
+        if monitor is not None and (monitor / "oom").exists():
+            state["OOMKilled"] = True  # podman 4.3 with runc on cgroup v1 does not say so
         return state
 
     def logs(self, name: str) -> str:
@@ -235,3 +249,6 @@ class Podman:
 
     def remove(self, name: str) -> None:
         self._run(["rm", "--force", "--time", "5", name], f"podman rm {name}", check=False)
+        monitor = self.monitors.pop(name, None)
+        if monitor is not None:
+            shutil.rmtree(monitor, ignore_errors=True)

@@ -102,13 +102,18 @@ def load_failure(body: str) -> str | None:
 
 
 def exited(state: dict[str, Any], limit: int) -> str:
-    """Why a container stopped, from its state: the exit code, and a kill at the memory limit
-    (cgroup v1 with runc does not always report OOMKilled; SIGKILL under a limit is that)."""
+    """Why a container stopped, from its state: the exit code, or a kill at the memory limit
+    (from conmon's record; a bare SIGKILL under a limit is most likely that too)."""
     code = state.get("ExitCode")
-    if state.get("OOMKilled") or code == 137:
+    if state.get("OOMKilled"):
         return (
-            f"the container was killed (exit {code}, SIGKILL): over its memory limit of "
+            f"the container was killed for memory (exit {code}): over its memory limit of "
             f"{limit / 2**20:.0f} MiB"
+        )
+    if code == 137:
+        return (
+            f"the container was killed (exit 137, SIGKILL), most likely over its memory limit "
+            f"of {limit / 2**20:.0f} MiB"
         )
     return f"the container exited with code {code}"
 

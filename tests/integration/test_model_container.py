@@ -160,7 +160,7 @@ def test_infra_gate_rejects_an_image_killed_for_memory_and_moves_nothing(
     outcome = ws.run(ws.land_day(1, 3_000))
     assert outcome.kind == "rejected", outcome
     failed = "; ".join(outcome.failed_gates)
-    assert "infra_validation: the container was killed (exit 137, SIGKILL)" in failed, failed
+    assert "infra_validation: the container was killed for memory (exit 137)" in failed, failed
     assert "over its memory limit of 64 MiB" in failed and "container log tail" in failed
     mlflow = store(ws.params)
     with pytest.raises(Exception, match="alias"):

@@ -43,8 +43,12 @@ def test_scores_must_be_the_candidates_exactly_or_within_the_tolerance():
 
 
 def test_a_kill_under_the_memory_limit_is_named_as_such():
-    assert "over its memory limit of 64 MiB" in exited({"ExitCode": 137}, 1 << 26)
-    assert "over its memory limit" in exited({"ExitCode": 1, "OOMKilled": True}, 1 << 26)
+    assert "killed (exit 137, SIGKILL), most likely over its memory limit of 64 MiB" in exited(
+        {"ExitCode": 137}, 1 << 26
+    )
+    assert "killed for memory (exit 1): over its memory limit" in exited(
+        {"ExitCode": 1, "OOMKilled": True}, 1 << 26
+    )
     assert exited({"ExitCode": 3}, 1 << 26) == "the container exited with code 3"
 
 
