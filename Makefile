@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help demo test test-unit test-integration bench lint format docs ui serve lock clean registry-tools
+.PHONY: help demo test test-unit test-integration bench lint format docs ui serve lock clean registry-tools container-tools serving-base flow-image
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -30,13 +30,32 @@ registry-tools:  ## Debian's docker-registry and skopeo, installed when missing 
 	  || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends docker-registry skopeo; }; }
 	@docker-registry --version >/dev/null && skopeo --version
 
-test: $(STAMP) registry-tools  ## unit and integration tests against the real components
+CONTAINER_TOOLS := podman buildah runc mmdebstrap containernetworking-plugins
+container-tools:  ## Debian's podman, buildah, runc and mmdebstrap, installed when missing (the container tests need them)
+	@for t in $(CONTAINER_TOOLS); do dpkg -s $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing from Debian (apt-get; needs root or sudo)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends $$missing \
+	  || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $$missing; }; fi
+	@podman --version && runc --version | head -1 && mmdebstrap --version
+
+REGISTRY ?=
+serving-base: $(STAMP) container-tools  ## build deployments/serving/Dockerfile with podman and push it: REGISTRY=ghcr.io/team [FROM=image | BOOTSTRAP=bookworm] [TAG=release]
+	@test -n "$(REGISTRY)" || { echo "usage: make serving-base REGISTRY=ghcr.io/<team> [FROM=...|BOOTSTRAP=bookworm] [TAG=...]"; exit 2; }
+	$(PY) -m tasks.serving_base --registry $(REGISTRY) $(if $(FROM),--from $(FROM)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) $(if $(TAG),--tag $(TAG))
+
+flow-image: $(STAMP) container-tools  ## build deployments/flow/Dockerfile with podman and push it: REGISTRY=ghcr.io/team [FROM=image | BOOTSTRAP=bookworm] [TAG=release]
+	@test -n "$(REGISTRY)" || { echo "usage: make flow-image REGISTRY=ghcr.io/<team> [FROM=...|BOOTSTRAP=bookworm] [TAG=...]"; exit 2; }
+	$(PY) -m tasks.serving_base --registry $(REGISTRY) --name ctflows-flow --dockerfile deployments/flow/Dockerfile $(if $(FROM),--from $(FROM)) $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) $(if $(TAG),--tag $(TAG))
+
+test: $(STAMP) registry-tools container-tools  ## unit and integration tests against the real components
 	$(PY) -m pytest
 
 test-unit: $(STAMP)  ## unit tests only (seconds, no servers)
 	$(PY) -m pytest tests/unit
 
-test-integration: $(STAMP) registry-tools  ## integration tests only
+test-integration: $(STAMP) registry-tools container-tools  ## integration tests only
 	$(PY) -m pytest tests/integration
 
 bench: $(STAMP) registry-tools  ## served-run speed and memory targets -> bench/results.json, README, docs, scaling.png

@@ -48,6 +48,7 @@ TARGETS = {
     "rss_over_batch": 3.0,
     "drift_seconds_1m": 5.0,
     "image_share_of_flow": 0.10,
+    "infra_gate_seconds": 15.0,
     "webhook_p95_seconds": 1.0,
     "serving_log_slowdown": 0.05,
 }
@@ -181,6 +182,9 @@ def measure(args: argparse.Namespace, state: Path) -> dict[str, Any]:
         else None,
         "image_share_of_flow": results["image_share_of_flow"] <= TARGETS["image_share_of_flow"]
         if "image_share_of_flow" in results
+        else None,
+        "infra_gate_seconds": results["infra_gate_seconds"] <= TARGETS["infra_gate_seconds"]
+        if "infra_gate_seconds" in results
         else None,
         "webhook_p95": results["webhook_load"]["p95_seconds"] <= TARGETS["webhook_p95_seconds"]
         if "webhook_load" in results

@@ -278,7 +278,7 @@ def served_stack(root: Path, env: dict[str, str] | None = None) -> Iterator[Stac
     from deployments.server import free_port, prefect_server
     from tasks.data import init_data_repo
     from tests.kube_standin import Standin
-    from tests.oci_registry import docker_registry, push_base
+    from tests.oci_registry import docker_registry, push_serving_base
 
     root.mkdir(parents=True, exist_ok=True)
     data_repo = root / "data-repo"
@@ -291,7 +291,7 @@ def served_stack(root: Path, env: dict[str, str] | None = None) -> Iterator[Stac
         prefect_server(root / "prefect") as api_url,
         log.open("ab") as log_fh,
     ):
-        base = push_base(registry, root / "base-layout")
+        base = push_serving_base(registry)
         params_file = write_params(root, kube.kubeconfig, data_repo, registry, base)
         serve_env = {
             **os.environ,

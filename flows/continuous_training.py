@@ -10,9 +10,16 @@ from tasks.dask_engine import dask_run
 from tasks.data import lineage_tags, pull_data, resolve_data
 from tasks.decisions import RedecideRefused, find_decision, mark_redecided, redecision
 from tasks.deploy import check_deployment, deploy_model
-from tasks.evaluate import GateRejected, evaluate_candidate, start_plots, wait_for_plots
+from tasks.evaluate import (
+    GateRejected,
+    evaluate_candidate,
+    log_report,
+    start_plots,
+    wait_for_plots,
+    with_gate,
+)
 from tasks.gates.predict_memory import probe_scope, start_probe
-from tasks.image import build_model_image
+from tasks.image import build_model_image, validate_model_image
 from tasks.journal import recover_interrupted
 from tasks.ledger import check_freeze
 from tasks.notify import Kind, RunOutcome, flow_run_link, notify
@@ -198,6 +205,25 @@ def _continuous_training(
         step = "image"  # built, pushed and found by digest before the alias moves
         registered = register_candidate(trained, params)
         image = build_model_image(trained.model_uri, params.registry.model_name, registered, params)
+        step = "infra-validation"  # the image runs and answers before the alias moves
+        infra = validate_model_image(image, trained.pipeline, version, params)
+        if infra is not None:
+            report = with_gate(report, infra)
+            log_report(report, trained.run_id)
+        if report.decision == "reject":
+            rejected = RunOutcome(
+                "rejected",
+                outcome.model_name,
+                version.md5,
+                champion.version if champion else None,
+                run_id=trained.run_id,
+                flow_run=outcome.flow_run,
+            ).with_report(report)
+            complete_run(trained.run_id, champion.version if champion else None)
+            notify(rejected, params)
+            if params.gates.fail_run_on_reject:
+                raise GateRejected(report)
+            return rejected
         step = "promote"
         promotion = promote_model(trained, params, templates, registered)
         step = "deploy"

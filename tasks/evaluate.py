@@ -129,6 +129,15 @@ def reproducibility_gate(
     return reproducibility_result(model, retrained, holdout, tolerance)
 
 
+def with_gate(report: GateReport, result: GateResult) -> GateReport:
+    """The report with one more gate's result (a gate run after the image was built); a
+    failed result turns the decision to reject."""
+    from dataclasses import replace
+
+    decision = "reject" if result.status == "failed" else report.decision
+    return replace(report, gates=(*report.gates, result), decision=decision)
+
+
 def log_report(report: GateReport, run_id: str) -> None:
     """Metrics, the report JSON/markdown and the decision on the candidate's MLflow run."""
     import time

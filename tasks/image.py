@@ -13,14 +13,18 @@ import logging
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.config import ImageParams, Params
+from tasks.data import DataVersion, read_version, split_holdout
+from tasks.gates.infra_validation import validate_image
 from tasks.image_build import ImageSpec, ModelImage, build_image
 from tasks.oci_layout import ImageError, Layout
 from tasks.registry import Reference, Registry, RegistryError
+from tasks.reports import GateResult
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,28 @@ def find_image(identity_image: str, params: Params) -> None:
         raise ImageError(f"cannot check {identity_image}: {exc}") from exc
     if found is None:
         raise ImageError(f"registry {ref.registry} no longer has {identity_image}; rebuild it")
+
+
+@task(name="validate-model-image", cache_policy=NONE)
+def validate_model_image(
+    built: ModelImage, pipeline: Any, version: DataVersion, params: Params
+) -> GateResult | None:
+    """Gate ``infra_validation``: run the pushed image on ``gates.infra_validation.runtime``
+    and check it answers a probe batch of holdout rows with the candidate's own scores.
+    None when the runtime is null (the gate is off; logged)."""
+    from deployments.serving.app import model_scores
+
+    logger = get_run_logger()
+    infra = params.gates.infra_validation
+    if infra.runtime is None:
+        logger.info("infra validation is off (gates.infra_validation.runtime: null)")
+        return None
+    _, holdout = split_holdout(read_version(version), params.data)
+    rows = holdout[params.data.features].head(infra.probe_rows).reset_index(drop=True)
+    expected, _ = model_scores(pipeline, rows)
+    result = validate_image(built, rows, expected, infra)
+    logger.info("infra validation %s: %s", result.status, result.reason.splitlines()[0])
+    return result
 
 
 @task(name="check-image", cache_policy=NONE)

@@ -114,7 +114,8 @@ def image_labels(spec: ImageSpec, kind: Kind, image: ImageParams) -> dict[str, s
         ref = Reference.parse(image.base)
         labels["org.opencontainers.image.base.name"] = ref.repository
         labels["org.opencontainers.image.base.digest"] = ref.digest or ""
-    return labels
+    # OCI annotations are strings: a registry refuses a manifest with a number among them
+    return {key: str(value) for key, value in labels.items()}
 
 
 def check_servable(model_dir: Path) -> None:

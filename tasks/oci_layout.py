@@ -40,6 +40,18 @@ class ImageError(CtflowsError, RuntimeError):
     """The model image could not be built, pushed or found; the message names the cause."""
 
 
+class BlobMismatch(ImageError):
+    """A registry served bytes that do not match the digest they were asked for by."""
+
+    def __init__(self, registry: str, digest: str, found: str) -> None:
+        self.registry, self.digest, self.found = registry, digest, found
+        super().__init__(
+            f"registry {registry} served blob {digest} whose bytes have digest {found}: "
+            "corrupt or tampered; nothing of this pull was cached; check the registry "
+            "(or its proxy) and run again"
+        )
+
+
 # -- the layer ----------------------------------------------------------------------------------
 def model_layer(model_dir: Path, model_path: str, mtime: int) -> bytes:
     """A reproducible tar of ``model_dir`` placed at ``model_path``: sorted, root-owned,
@@ -81,6 +93,14 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
 class Layout:
     """An OCI image layout holding many images, each named by ``ref.name`` in index.json."""
 
@@ -116,9 +136,16 @@ class Layout:
         data: dict[str, Any] = json.loads(self.path(digest).read_bytes())
         return data
 
-    def adopt(self, other: Path) -> None:
-        """Move the blobs of another layout (a pull) into this one."""
-        for blob in (other / "blobs" / "sha256").iterdir():
+    def adopt(self, other: Path, source: str) -> None:
+        """Move the blobs of another layout (a pull from ``source``) into this one, each
+        checked against its digest first: a blob whose bytes do not match fails naming
+        ``source`` and the digest, and nothing of that pull is kept."""
+        blobs = sorted((other / "blobs" / "sha256").iterdir())
+        for blob in blobs:
+            found = file_digest(blob)
+            if found != f"sha256:{blob.name}":
+                raise BlobMismatch(source, f"sha256:{blob.name}", found)
+        for blob in blobs:
             if not self.path(blob.name).exists():
                 shutil.move(str(blob), self.path(blob.name))
 
@@ -241,8 +268,28 @@ def fetch_base(registry: Registry, base: str, platform: str, layout: Layout) -> 
                 f"base image {base} uses media type {media}; rebuild it with OCI media types "
                 "(docker buildx ... --output type=image,oci-mediatypes=true,push=true)"
             )
-        layout.adopt(Path(tmp) / "layout")
+        check_base(pulled.read(pulled.read(digest)["config"]["digest"]), platform, base)
+        layout.adopt(Path(tmp) / "layout", registry.url)
     return digest
+
+
+def check_base(config: dict[str, Any], platform: str, base: str) -> None:
+    """A base must be for ``platform`` and have a command to run: refused before any build."""
+    os_, arch, *variant = platform.split("/")
+    found = "/".join(x for x in (config.get("os"), config.get("architecture")) if x)
+    if (config.get("os"), config.get("architecture")) != (os_, arch) or (
+        variant and config.get("variant") not in (None, variant[0])
+    ):
+        raise ImageError(
+            f"base image {base} is for {found or 'no platform'}, not {platform}: "
+            "set image.platform to what your nodes run, or build the base for it"
+        )
+    run = config.get("config") or {}
+    if not (run.get("Cmd") or run.get("Entrypoint")):
+        raise ImageError(
+            f"base image {base} has no command (its config sets neither Cmd nor Entrypoint): "
+            "a container of it would run nothing; build it from deployments/serving/Dockerfile"
+        )
 
 
 def append_model(

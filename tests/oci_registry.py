@@ -1,8 +1,11 @@
 """A real OCI registry for tests: Debian's ``docker-registry`` (CNCF distribution) on a free
-loopback port with filesystem storage in a temporary folder, plus a small serving base image
-made here (the serving app's source on an empty base) and pushed with oras-py.
+loopback port with filesystem storage in a temporary folder; the serving base built from
+``deployments/serving/Dockerfile`` by the code ``make serving-base`` runs (on a bookworm made by
+mmdebstrap, cached between sessions) and pushed into it by its digest; and small hand-made
+multi-platform indexes, only for the tests of platform selection.
 
-``make registry-tools`` installs docker-registry and skopeo from Debian when missing.
+``make registry-tools`` installs docker-registry and skopeo from Debian when missing,
+``make container-tools`` podman, runc and mmdebstrap.
 """
 
 from __future__ import annotations
@@ -81,6 +84,20 @@ def docker_registry(folder: Path) -> Iterator[str]:
         log.close()
 
 
+def push_serving_base(host: str) -> str:
+    """The real serving base (built once, then found in podman's store and the cache's OCI
+    layout), pushed as ``host/ctflows-serving``; returns ``host/ctflows-serving@sha256:...``."""
+    from tasks.containers import Podman
+    from tasks.serving_base import build_base, cached_layout
+
+    podman = Podman()
+    built = build_base(podman, bootstrap="bookworm")
+    layout, tag, digest = cached_layout(podman, built.local)
+    target = Reference.parse(f"{host}/ctflows-serving:{tag}")
+    Registry(host, ImageParams(timeout_seconds=120)).push_layout(layout, tag, target)
+    return f"{host}/ctflows-serving@{digest}"
+
+
 def app_layer() -> bytes:
     """The serving app's source at /app, as the Dockerfile copies it."""
     import tempfile
@@ -95,7 +112,8 @@ def app_layer() -> bytes:
 
 
 def write_base(layout: Layout, platform: str, marker: str = "") -> str:
-    """A small serving base image for ``platform``; returns its manifest digest."""
+    """A small image for ``platform`` (the app's source, not runnable: no Python): only for
+    tests of platform selection and blob checks; returns its manifest digest."""
     config = {
         "Env": ["PYTHONUNBUFFERED=1", "MODEL_URI=/models"],
         "Cmd": ["uvicorn", "--factory", "deployments.serving.app:create_app", "--port", "8080"],
@@ -106,9 +124,9 @@ def write_base(layout: Layout, platform: str, marker: str = "") -> str:
     return put_image(layout, platform, config, [app_layer()], history)
 
 
-def push_base(host: str, folder: Path, platforms: tuple[str, ...] = ("linux/amd64",)) -> str:
-    """Push a base (an index when several platforms) as ``host/ctflows-serving``; returns the
-    pinned reference ``host/ctflows-serving@sha256:...``."""
+def push_index(host: str, folder: Path, platforms: tuple[str, ...] = ("linux/amd64",)) -> str:
+    """Push small images (an index when several platforms) as ``host/ctflows-serving``; returns
+    the pinned reference ``host/ctflows-serving@sha256:...``. Not a serving base."""
     layout = Layout(folder).init()
     digests = [write_base(layout, p, marker=p) for p in platforms]
     if len(platforms) == 1:

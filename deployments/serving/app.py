@@ -87,8 +87,7 @@ class ModelHolder:
             import pandas as pd
 
             model = mlflow.sklearn.load_model(self.uri)
-            info = mlflow.models.get_model_info(str(self.uri))
-            schema = info.signature.inputs if info.signature else None
+            schema = model_schema(str(self.uri))
             columns = [c.name for c in schema.inputs] if schema else []
             record_schema = RecordSchema.from_mlflow(schema)
             probe = {
@@ -110,6 +109,15 @@ class ModelHolder:
     def start(self) -> None:
         if self.uri:
             threading.Thread(target=self.load, daemon=True).start()
+
+
+def model_schema(uri: str) -> Any:
+    """The input schema of the model's signature, read from its MLmodel file alone: a pod has
+    no tracking store (``mlflow.models.get_model_info`` would ask one for the logged model)."""
+    from mlflow.models import Model
+
+    signature = Model.load(uri).signature
+    return signature.inputs if signature else None
 
 
 def create_app(

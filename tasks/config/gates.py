@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -14,6 +14,22 @@ GATE_RENAMES = {
     "size": "split into gates.model_size (max_bytes) and gates.predict_memory (max_peak_bytes)",
     "parity": "renamed gates.prediction_parity",
 }
+
+
+class InfraValidationParams(BaseModel):
+    """``gates.infra_validation``: run the built serving image before the alias moves
+    (tasks/gates/infra_validation.py). ``runtime: null`` does not run it (said in the report);
+    ``podman`` runs it on the flow's machine, with the runc runtime (``runtime_binary``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    runtime: Literal["podman"] | None = None
+    runtime_binary: str = "runc"
+    ready_seconds: float = Field(90.0, gt=0)
+    probe_rows: int = Field(50, ge=1)
+    tolerance: float = Field(0.0, ge=0.0)  # largest |served - candidate| score allowed
+    memory_limit_bytes: int = Field(1 << 30, ge=1 << 26)  # as the manifests' limits (1Gi)
+    log_lines: int = Field(30, ge=1)  # the container log's tail in a failed result
 
 
 class GateParams(_Section):
@@ -28,6 +44,7 @@ class GateParams(_Section):
     custom: list[dict[str, Any]] = Field(default_factory=list)
     # filled at load (tasks/config/defaults.py): the values that were task defaults, key=value
     defaulted: list[str] = Field(default_factory=list)
+    infra_validation: InfraValidationParams = Field(default_factory=InfraValidationParams)
 
     @model_validator(mode="before")
     @classmethod

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tasks.config import GateParams
     from tasks.gates.evidence import Evidence
 
-NOT_GATES = {"base", "evidence", "registry", "memory_probe", "timing"}
+NOT_GATES = {"base", "evidence", "registry", "memory_probe", "timing", "infra_validation"}
 
 
 class GateLoadError(CtflowsError, ValueError):

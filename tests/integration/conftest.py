@@ -71,8 +71,10 @@ def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def serving_base(oci_registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A small serving base image pushed once: ``127.0.0.1:<port>/ctflows-serving@sha256:...``."""
-    from tests.oci_registry import push_base
+def serving_base(oci_registry: str) -> str:
+    """The serving base built from deployments/serving/Dockerfile (as `make serving-base`
+    does, on an mmdebstrap bookworm; minutes the first time, cached after), pushed once:
+    ``127.0.0.1:<port>/ctflows-serving@sha256:...``."""
+    from tests.oci_registry import push_serving_base
 
-    return push_base(oci_registry, tmp_path_factory.mktemp("base-layout"))
+    return push_serving_base(oci_registry)

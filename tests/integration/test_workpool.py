@@ -156,3 +156,66 @@ def test_the_jobs_command_runs_the_deployments_flow_with_the_runs_parameters(
 
 def params_model_name(workspace) -> str:
     return workspace.params.registry.model_name
+
+
+@pytest.fixture(scope="module")
+def flow_image() -> str:
+    """deployments/flow/Dockerfile built as `make flow-image` builds it (on an mmdebstrap
+    bookworm; minutes the first time, then found in podman's store)."""
+    from tasks.containers import Podman
+    from tasks.serving_base import build_base
+
+    built = build_base(
+        Podman(),
+        bootstrap="bookworm",
+        dockerfile=Path("deployments/flow/Dockerfile"),
+        name="localhost/ctflows-flow",
+    )
+    return built.local
+
+
+def test_the_job_runs_one_flow_run_inside_the_flow_image(kubernetes_pool, workspace, flow_image):
+    """What the pod does, with the image: the Job's container args and environment, run by
+    podman in the flow image against the test's Prefect server, MLflow store and data."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.containers import ULIMITS, require
+    from tests.helpers import store
+
+    raw = yaml.safe_load(workspace.params_file.read_text())
+    raw["validate"]["suite"] = "/opt/ctflows/expectations/churn_batch.json"  # the image's own
+    workspace.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    rev = workspace.land_day(1, 4000)
+    parameters = {
+        "rev": rev,
+        "repo": str(workspace.data_repo),
+        "params_file": str(workspace.params_file),
+        "dry_run": True,
+    }
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("continuous-training/churn-classifier-manual")
+        flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+        job = render_job(kubernetes_pool, flow_run.id)
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env["CTFLOWS_SLACK_WEBHOOK_URL"] = workspace.slack.url  # the Job's secret, here
+        args = ["run", "--rm", "--runtime", require("runc"), *ULIMITS, "--network", "host"]
+        # the data repository, params and MLflow store at the same paths inside; as root,
+        # since git refuses a repository another user owns (a pod clones its own)
+        args += ["--user", "0", "--volume", f"{workspace.root}:{workspace.root}"]
+        for key, value in env.items():
+            args += ["--env", f"{key}={value}"]
+        done = subprocess.run(
+            [require("podman"), *args, flow_image, *container["args"]],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={"PATH": os.environ["PATH"]},
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        finished = client.read_flow_run(flow_run.id)
+        assert finished.state is not None and finished.state.is_completed()
+    runs = store(workspace.params).search_runs(
+        [e.experiment_id for e in store(workspace.params).search_experiments()]
+    )
+    assert any(r.data.tags.get("ct.data_md5") for r in runs), "no training run in MLflow"

@@ -282,3 +282,24 @@ def test_requests_wait_for_room_in_the_byte_budget_and_go_in_turn():
         assert budget.used == 0
 
     asyncio.run(scenario())
+
+
+def test_the_model_loads_from_its_directory_alone_without_a_tracking_store(
+    saved_model, tmp_path, monkeypatch
+):
+    """A pod has no tracking store: a logged model's MLmodel carries a model_id, which
+    mlflow.models.get_model_info would look up in one (UnsupportedModelRegistryStoreURI)."""
+    import shutil
+
+    from tasks.image_build import check_servable
+
+    uri, _, params = saved_model
+    logged = tmp_path / "logged"
+    shutil.copytree(uri, logged)
+    mlmodel = yaml.safe_load((logged / "MLmodel").read_text())
+    (logged / "MLmodel").write_text(yaml.safe_dump({**mlmodel, "model_id": "m-0123456789abcdef"}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unsupported-store://nowhere")  # as in a pod
+    client = TestClient(create_app(str(logged), load_in_background=False))
+    assert client.get("/ready").status_code == 200, client.get("/ready").json()
+    assert client.get("/model").json()["features"] == list(params.data.features)
+    check_servable(logged)  # the flow's check before the build, the same way
