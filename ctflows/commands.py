@@ -42,7 +42,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _outcome_text(outcome: dict) -> str:
-    from tasks.notify import RunOutcome
+    from tasks.outcome import RunOutcome
 
     return RunOutcome(**outcome).line()
 

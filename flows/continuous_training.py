@@ -8,14 +8,15 @@ from tasks.champion import get_champion
 from tasks.config import Params, load_params
 from tasks.dask_engine import dask_run
 from tasks.data import lineage_tags, pull_data, resolve_data
-from tasks.decisions import find_decision
+from tasks.decisions import decide, find_decision
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import GateRejected, evaluate_candidate, start_plots, wait_for_plots
 from tasks.gates.predict_memory import probe_scope, start_probe
 from tasks.image import build_model_image
 from tasks.journal import recover_interrupted
 from tasks.ledger import check_freeze
-from tasks.notify import Kind, RunOutcome, flow_run_link, notify
+from tasks.notify import flow_run_link
+from tasks.outcome import Kind, RunOutcome
 from tasks.promote import (
     finish_promotion,
     promote_model,
@@ -86,7 +87,7 @@ def _continuous_training(
         step = "recover"
         recovered = recover_interrupted(params)
         if recovered:
-            notify(
+            decide(
                 RunOutcome(
                     "recovered", outcome.model_name, error=recovered, flow_run=outcome.flow_run
                 ),
@@ -125,7 +126,7 @@ def _continuous_training(
                 run_id=previous.run_id,
                 flow_run=outcome.flow_run,
             )
-            notify(skipped, params)
+            decide(skipped, params)
             return skipped
         pulled = version
         version = call_with_deadline(
@@ -164,7 +165,7 @@ def _continuous_training(
             ).with_report(report)
             if not dry_run:
                 complete_run(trained.run_id, champion.version if champion else None)
-            notify(result, params)
+            decide(result, params)
             if kind == "rejected" and params.gates.fail_run_on_reject:
                 raise GateRejected(report)
             return result
@@ -180,7 +181,7 @@ def _continuous_training(
                 flow_run=outcome.flow_run,
                 error=f"promotions frozen by {freeze.actor} since {freeze.at}: {freeze.reason}",
             ).with_report(report)
-            notify(frozen, params)
+            decide(frozen, params)
             return frozen
         step = "image"  # built, pushed and found by digest before the alias moves
         registered = register_candidate(trained, params)
@@ -205,14 +206,14 @@ def _continuous_training(
             deploy=f"{image.summary()}; {deployed.summary()}",
             flow_run=outcome.flow_run,
         ).with_report(report)
-        notify(result, params)
+        decide(result, params)
         return result
     except GateRejected:
         raise
     except Exception as exc:
         error = failure_text(exc, params)  # names the service that failed; no credentials
         logger.error("failed at step %s (md5=%s): %s", step, outcome.data_md5 or "-", error)
-        notify(
+        decide(
             RunOutcome(
                 "failed",
                 outcome.model_name,

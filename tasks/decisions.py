@@ -1,4 +1,5 @@
-"""Earlier decisions on the same data, params and code: whether one still holds now."""
+"""Decisions: recording one (the ledger first, then the team told), and whether an earlier
+decision on the same data, params and code still holds now."""
 
 from __future__ import annotations
 
@@ -7,7 +8,21 @@ from prefect.cache_policies import NONE
 
 from tasks.champion import current_champion_version
 from tasks.config import Params
+from tasks.ledger import record_outcome
+from tasks.notify import notify
+from tasks.outcome import RunOutcome
 from tasks.train import PreviousRun, find_previous_run
+
+
+def decide(outcome: RunOutcome, params: Params) -> None:
+    """Make ``outcome`` part of the model's history, then tell the team.
+
+    The ledger is written as part of the decision, whatever happens to the notification; and
+    neither a ledger nor a notification that fails raises: what was decided (an alias moved, a
+    cluster rolled out) stands and the run or command ends as it should.
+    """
+    record_outcome(outcome, params)
+    notify(outcome, params)
 
 
 def still_decided(previous: PreviousRun, champion: str | None) -> bool:
