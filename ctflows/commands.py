@@ -6,7 +6,8 @@ import argparse
 from dataclasses import asdict
 
 from ctflows import catalog, operate, status
-from ctflows.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, emit, fail
+from ctflows.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, emit, exit_code, fail
+from ctflows.operate import classified
 from tasks.ledger import read_decisions
 
 
@@ -33,7 +34,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     model = _model(args)
     params = model.params()
     status.use_tracking(params)
-    decisions = read_decisions(params, args.limit)
+    with classified(params):
+        decisions = read_decisions(params, args.limit)
     text = (
         "\n".join(status.decision_line(d) for d in decisions) or f"{model.name}: no decisions yet"
     )
@@ -48,20 +50,25 @@ def _outcome_text(outcome: dict) -> str:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    outcome = operate.rollback(_model(args), args.to, args.reason)
+    model = _model(args)
+    with classified(model.params()):
+        outcome = operate.rollback(model, args.to, args.reason)
     emit(args, outcome, _outcome_text(outcome))
     return EXIT_OK
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    outcome = operate.promote(_model(args), args.version, args.reason)
+    model = _model(args)
+    with classified(model.params()):
+        outcome = operate.promote(model, args.version, args.reason)
     emit(args, outcome, _outcome_text(outcome))
     return EXIT_OK
 
 
 def cmd_freeze(args: argparse.Namespace) -> int:
     model = _model(args)
-    frozen = operate.freeze(model, args.reason)
+    with classified(model.params()):
+        frozen = operate.freeze(model, args.reason)
     emit(
         args,
         {"model": model.name, "frozen": frozen},
@@ -73,7 +80,8 @@ def cmd_freeze(args: argparse.Namespace) -> int:
 
 def cmd_unfreeze(args: argparse.Namespace) -> int:
     model = _model(args)
-    lifted = operate.unfreeze(model)
+    with classified(model.params()):
+        lifted = operate.unfreeze(model)
     emit(
         args,
         {"model": model.name, "lifted": lifted},
@@ -86,7 +94,10 @@ def cmd_unfreeze(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     model = _model(args)
     if args.local:
-        ok, result = operate.run_local(model, args.rev, args.force, args.dry_run)
+        with classified(model.params()):
+            ok, result = operate.run_local(model, args.rev, args.force, args.dry_run)
+        if isinstance(result, BaseException):  # the flow's error: its kind is the exit code
+            return fail(args, exit_code(result), f"{type(result).__name__}: {result}")
         if not ok:
             return fail(args, EXIT_FAILED, str(result))
         emit(args, result, _outcome_text(result))

@@ -67,8 +67,9 @@ class RunOutcome:
             parts.append(f"model={self.model_name} v{self.version}")
         if self.failed_gates:
             parts.append("failed=" + ",".join(self.failed_gates))
-        if self.error:
-            parts.append(f"[{self.step}] {self.error.splitlines()[0][:160]}")
+        if self.error:  # a failure's step and error, or an operator's reason
+            step = f"[{self.step}] " if self.step else ""
+            parts.append(f"{step}{self.error.splitlines()[0][:160]}")
         if self.deploy:
             parts.append(f"deploy={self.deploy}")
         return "  ".join(parts)

@@ -16,8 +16,9 @@ from tasks.champion import current_champion_version, move_alias, version_identit
 from tasks.cluster import PodTemplate
 from tasks.config import Params
 from tasks.deploy import ModelIdentity
+from tasks.errors import CtflowsError, ErrorKind
 from tasks.journal import clear_journal, recover, write_journal
-from tasks.train import TrackingError, TrainedModel
+from tasks.train import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,13 @@ def restore_champion(promotion: Promotion, reason: str, params: Params) -> None:
     recover(params)
 
 
+class SwitchRefused(CtflowsError, ValueError):
+    """A rollback or promotion that cannot be done as asked (nothing to go back to, or the
+    version already is the champion); nothing was changed."""
+
+    kind = ErrorKind.BAD_INPUT
+
+
 @dataclass(frozen=True)
 class RollbackPlan:
     current: str | None
@@ -178,13 +186,14 @@ def plan_rollback(params: Params, version: str | None) -> RollbackPlan:
     current = current_champion_version(name, alias)
     if version is None:
         if current is None:
-            raise TrackingError(f"{name} has no @{alias}: nothing to roll back")
+            raise SwitchRefused(f"{name} has no @{alias}: nothing to roll back")
         version = MlflowClient().get_model_version(name, current).tags.get("ct.previous_champion")
         if not version:
-            raise TrackingError(f"{name} v{current} replaced no earlier champion; pass a version")
-    if version == current:
-        raise TrackingError(f"{name} v{version} already is @{alias}")
-    return RollbackPlan(current, version_identity(name, version))
+            raise SwitchRefused(f"{name} v{current} replaced no earlier champion; pass a version")
+    target = version_identity(name, version)  # the registry's spelling: "02" is version 2
+    if target.version == current:
+        raise SwitchRefused(f"{name} v{target.version} already is @{alias}: nothing to change")
+    return RollbackPlan(current, target)
 
 
 @task(name="begin-rollback", cache_policy=NONE)

@@ -3,7 +3,15 @@ a notification that cannot be kept hides nothing, and exit codes say what happen
 
 from __future__ import annotations
 
+import socket
+
+import pytest
+import yaml
+
+from ctflows.cli import exit_code
+from tasks.promote import SwitchRefused
 from tests.integration.test_cli import MODEL, as_json, ctflows, no_timing_gate
+from tests.integration.test_continuous_training import champion_version
 
 
 def test_an_outbox_that_cannot_be_written_fails_and_hides_no_decision(workspace, monkeypatch):
@@ -23,3 +31,49 @@ def test_an_outbox_that_cannot_be_written_fails_and_hides_no_decision(workspace,
     history = as_json(ctflows(ws, "history", MODEL, "--json"))
     assert [d["kind"] for d in history] == ["rolled-back", "promoted", "promoted"]
     assert history[0]["detail"] == "disk full drill"
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["closed-port", "never-answers"])
+def test_mlflow_down_is_exit_3_for_every_command(workspace, monkeypatch, silent):
+    ws = workspace
+    raw = yaml.safe_load(ws.params_file.read_text())
+    raw["timeouts"].update(mlflow=1, mlflow_retries=0)
+    ws.params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        if silent:
+            sock.listen(16)  # accepts connections, never answers
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{sock.getsockname()[1]}")
+        for command in (
+            ["history", MODEL],
+            ["promote", MODEL, "1", "--reason", "x"],
+            ["freeze", MODEL, "--reason", "x"],
+            ["run", MODEL, "--local"],
+        ):
+            down = ctflows(ws, *command, "--json", expect=None)
+            assert down.returncode == 3, (command, down.stderr[-2000:])
+            assert "MLflow" in as_json(down)["error"]
+
+
+def test_bad_limits_and_switches_to_the_champion_are_refused_with_exit_2(workspace):
+    ws = workspace
+    no_timing_gate(ws)
+    for limit in ("-1", "0"):
+        assert "at least 1" in ctflows(ws, "history", MODEL, "--limit", limit, expect=2).stderr
+    ws.run(ws.land_day(1, 3_000))
+    ws.run(ws.land_day(2, 24_000))
+    assert champion_version(ws) == "2"
+    before = as_json(ctflows(ws, "history", MODEL, "--json"))
+    for spelling in ("2", "02"):  # the registry reads "02" as version 2
+        again = ctflows(ws, "promote", MODEL, spelling, "--reason", "again", expect=2)
+        assert "already is the champion" in again.stderr
+        same = ctflows(ws, "rollback", MODEL, "--to", spelling, "--reason", "x", expect=2)
+        assert "already is the champion" in same.stderr
+    assert as_json(ctflows(ws, "history", MODEL, "--json")) == before  # nothing was done
+
+    # the flows refuse as well (a served `promote` run, a race with the command's own check)
+    from flows.rollback import rollback
+
+    with pytest.raises(SwitchRefused) as refused:
+        rollback(version="2", params_file=str(ws.params_file))
+    assert exit_code(refused.value) == 2 and champion_version(ws) == "2"
