@@ -3,13 +3,17 @@ a notification that cannot be kept hides nothing, and exit codes say what happen
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from ctflows.cli import exit_code
 from tasks.promote import SwitchRefused
+from tests.helpers import ROOT
 from tests.integration.test_cli import MODEL, as_json, ctflows, no_timing_gate
 from tests.integration.test_continuous_training import champion_version
 
@@ -77,3 +81,38 @@ def test_bad_limits_and_switches_to_the_champion_are_refused_with_exit_2(workspa
     with pytest.raises(SwitchRefused) as refused:
         rollback(version="2", params_file=str(ws.params_file))
     assert exit_code(refused.value) == 2 and champion_version(ws) == "2"
+
+
+def test_the_command_prints_what_a_person_reads(workspace):
+    ws = workspace
+    no_timing_gate(ws)
+    ctflows(ws, "run", MODEL, "--local", "--rev", ws.land_day(1, 3_000))
+    run = ctflows(ws, "run", MODEL, "--local", "--rev", ws.land_day(2, 24_000))
+    assert run.stdout.startswith("promoted")
+    for noise in ("Traceback", "pickle", "telemetry", "%|"):
+        assert noise not in run.stderr, noise
+    finished = [line for line in run.stderr.splitlines() if "Finished in state" in line]
+    assert len(finished) == 1  # the flow run's own, not one per task
+    assert "train-model" in run.stderr  # each line names the task run it comes from
+    back = ctflows(ws, "rollback", MODEL, "--reason", "alarms")
+    forth = ctflows(ws, "promote", MODEL, "2", "--reason", "false alarm")
+    assert "[None]" not in back.stdout + forth.stdout
+    assert "alarms" in back.stdout and "false alarm" in forth.stdout
+
+    failed = ctflows(ws, "run", MODEL, "--local", "--rev", "no-such-rev", expect=None)
+    assert failed.returncode != 0 and failed.stderr.count("Traceback") <= 1
+    assert failed.stderr.rstrip().splitlines()[-1].startswith("ctflows run: ")
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    project = str(ws.params_file.parent)
+    piped = subprocess.run(
+        f"{sys.executable} -m ctflows history {MODEL} --json --project {project} | head -c 20",
+        shell=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert piped.stdout.startswith("[") and "BrokenPipe" not in piped.stderr, piped.stderr
+    assert "Traceback" not in piped.stderr
