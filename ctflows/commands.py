@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from ctflows import catalog, operate, status
 from ctflows.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, emit, exit_code, fail
+from ctflows.connect import require_project_server, use_project_server
 from ctflows.operate import classified
 from tasks.ledger import read_decisions
 
@@ -24,6 +25,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     models = [_model(args)] if args.model else catalog.discover(args.project)
+    use_project_server(args.project)
     states = [status.gather(m, args.limit) for m in models]
     payload = [s.to_dict() for s in states]
     emit(args, payload[0] if args.model else payload, "\n\n".join(map(status.render, states)))
@@ -51,6 +53,7 @@ def _outcome_text(outcome: dict) -> str:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     model = _model(args)
+    require_project_server(args.project, "ctflows rollback")
     with classified(model.params()):
         outcome = operate.rollback(model, args.to, args.reason)
     emit(args, outcome, _outcome_text(outcome))
@@ -59,6 +62,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     model = _model(args)
+    require_project_server(args.project, "ctflows promote")
     with classified(model.params()):
         outcome = operate.promote(model, args.version, args.reason)
     emit(args, outcome, _outcome_text(outcome))
@@ -93,6 +97,7 @@ def cmd_unfreeze(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     model = _model(args)
+    require_project_server(args.project, "ctflows run")
     if args.local:
         with classified(model.params()):
             ok, result = operate.run_local(model, args.rev, args.force, args.dry_run)

@@ -7,11 +7,15 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 import yaml
 
 from ctflows.cli import exit_code
+from ctflows.status import use_tracking
+from deployments.server import server_file, serving_on
+from tasks.journal import clear_journal, write_journal
 from tasks.promote import SwitchRefused
 from tests.helpers import ROOT
 from tests.integration.test_cli import MODEL, as_json, ctflows, no_timing_gate
@@ -116,3 +120,65 @@ def test_the_command_prints_what_a_person_reads(workspace):
     )
     assert piped.stdout.startswith("[") and "BrokenPipe" not in piped.stderr, piped.stderr
     assert "Traceback" not in piped.stderr
+
+
+def test_a_thread_of_a_served_process_talks_to_the_one_server(prefect_api):
+    """The webhook receiver runs in a thread of `make serve`: it must not start a second,
+    temporary Prefect server on the same database (threads read Prefect's global settings)."""
+    from prefect.settings import get_current_settings
+
+    seen: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: seen.update(url=get_current_settings().api.url))
+    thread.start()
+    thread.join()
+    assert seen["url"] == prefect_api
+
+
+def cli_without_prefect_env(ws, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ctflows` as run from a fresh shell: no PREFECT_API_URL exported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(ROOT), CTFLOWS_ACTOR="oncall@test")
+    return subprocess.run(
+        [sys.executable, "-m", "ctflows", *args, "--project", str(ws.params_file.parent)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_operator_commands_hold_the_slot_of_the_projects_own_server(workspace, prefect_api, capsys):
+    ws = workspace
+    no_timing_gate(ws)
+    ws.run(ws.land_day(1, 3_000))
+    ws.run(ws.land_day(2, 24_000))
+    for command in (
+        ["rollback", MODEL, "--reason", "x"],
+        ["promote", MODEL, "1", "--reason", "x"],
+        ["run", MODEL, "--local"],
+    ):
+        refused = cli_without_prefect_env(ws, *command)
+        assert refused.returncode == 3, refused.stderr[-2000:]
+        assert "make serve" in refused.stderr and "PREFECT_API_URL" in refused.stderr
+    assert champion_version(ws) == "2"  # nothing was changed on a throw-away server
+
+    with serving_on(ws.params.state_dir, prefect_api):  # what `make serve` does
+        assert f"export PREFECT_API_URL={prefect_api}" in capsys.readouterr().out
+        back = cli_without_prefect_env(ws, "rollback", MODEL, "--reason", "found it", "--json")
+        assert back.returncode == 0, back.stderr[-2000:]
+        assert as_json(back)["flow_run"].startswith(prefect_api.removesuffix("/api") + "/runs/")
+        assert champion_version(ws) == "1"
+
+        # a change in progress: its journal is open while the process that wrote it lives
+        use_tracking(ws.params)
+        write_journal(ws.params.registry.model_name, "2", "1", {})
+        try:
+            state = as_json(cli_without_prefect_env(ws, "status", MODEL, "--json"))
+            assert state["journal"]["state"] == "in-progress", state["journal"]
+            assert "died" not in state["journal"]["note"]
+            text = cli_without_prefect_env(ws, "status", MODEL).stdout
+            assert "journal     IN PROGRESS: move to v2 from v1" in text
+        finally:
+            clear_journal(ws.params.registry.model_name)
+    assert not server_file(ws.params.state_dir).exists()  # gone with the server's process
