@@ -171,15 +171,21 @@ def _continuous_training(
             return result
         step = "promote"
         freeze = check_freeze(params)
-        if freeze is not None:  # gated but not promoted; not complete: decided again later
+        if freeze is not None:  # gated, registered and built, not promoted; decided again later
+            why = f"promotions frozen by {freeze.actor} since {freeze.at}: {freeze.reason}"
+            step = "image"
+            registered = register_candidate(trained, params, frozen=why)
+            build_model_image(trained.model_uri, params.registry.model_name, registered, params)
             frozen = RunOutcome(
                 "frozen",
                 outcome.model_name,
                 version.md5,
+                registered,
                 champion.version if champion else None,
                 run_id=trained.run_id,
                 flow_run=outcome.flow_run,
-                error=f"promotions frozen by {freeze.actor} since {freeze.at}: {freeze.reason}",
+                error=f"{why}; registered as v{registered} (no alias): promote it by hand "
+                "(`ctflows promote`) once the freeze is lifted",
             ).with_report(report)
             decide(frozen, params)
             return frozen

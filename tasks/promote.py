@@ -112,10 +112,38 @@ def record_rollback(promotion: Promotion, reason: str) -> None:
     client.set_tag(promotion.run_id, "ct.completed", "true")
 
 
+FROZEN_TAG = "ct.frozen_candidate"
+
+
+def mark_frozen_candidate(trained: TrainedModel, params: Params, version: str, why: str) -> None:
+    """Tag a version that passed its gates while promotions were frozen: registered, with its
+    lineage, and promotable by hand (`ctflows promote`) once the freeze is lifted."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    name = params.registry.model_name
+    client.set_model_version_tag(name, version, "ct.data_md5", trained.data_md5)
+    client.set_model_version_tag(name, version, FROZEN_TAG, why[:5000] or "true")
+    client.set_tag(trained.run_id, "ct.model_version", version)
+
+
 @task(name="register-candidate", cache_policy=NONE)
-def register_candidate(trained: TrainedModel, params: Params) -> str:
-    """The gates passed: register the version its image is built for; the alias stays."""
+def register_candidate(trained: TrainedModel, params: Params, frozen: str | None = None) -> str:
+    """The gates passed: register the version its image is built for; the alias stays.
+
+    ``frozen`` (why promotions are frozen): the version is tagged a frozen candidate."""
     version = register_version(trained, params)
+    if frozen is not None:
+        mark_frozen_candidate(trained, params, version, frozen)
+        get_run_logger().warning(
+            "registered %s v%s (run %s) as a frozen candidate: @%s unchanged; promote it by "
+            "hand once the freeze is lifted",
+            params.registry.model_name,
+            version,
+            trained.run_id,
+            params.registry.alias,
+        )
+        return version
     get_run_logger().info(
         "registered %s v%s (run %s); @%s unchanged until its image is in the registry",
         params.registry.model_name,

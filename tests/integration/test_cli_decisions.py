@@ -17,7 +17,7 @@ from ctflows.status import use_tracking
 from deployments.server import server_file, serving_on
 from tasks.journal import clear_journal, write_journal
 from tasks.promote import SwitchRefused
-from tests.helpers import ROOT
+from tests.helpers import ROOT, store
 from tests.integration.test_cli import MODEL, as_json, ctflows, no_timing_gate
 from tests.integration.test_continuous_training import champion_version
 
@@ -182,3 +182,29 @@ def test_operator_commands_hold_the_slot_of_the_projects_own_server(workspace, p
         finally:
             clear_journal(ws.params.registry.model_name)
     assert not server_file(ws.params.state_dir).exists()  # gone with the server's process
+
+
+def test_a_frozen_candidate_is_registered_and_promoted_by_hand_after_the_freeze(workspace):
+    ws = workspace
+    no_timing_gate(ws)
+    ws.run(ws.land_day(1, 3_000))
+    ctflows(ws, "freeze", MODEL, "--reason", "incident 42")
+    rev = ws.land_day(2, 24_000)
+    frozen = as_json(ctflows(ws, "run", MODEL, "--local", "--rev", rev, "--json"))
+    assert frozen["kind"] == "frozen" and frozen["version"] == "2"
+    assert frozen["previous_version"] == "1" and "ctflows promote" in frozen["error"]
+    version = store(ws.params).get_model_version(ws.params.registry.model_name, "2")
+    assert "incident 42" in version.tags["ct.frozen_candidate"]
+    assert version.tags["ct.image_digest"].startswith("sha256:")  # built, ready to serve
+    assert champion_version(ws) == "1"  # registered, never aliased while frozen
+    history = as_json(ctflows(ws, "history", MODEL, "--json"))
+    assert history[0]["kind"] == "frozen" and history[0]["version"] == "2"
+
+    refused = ctflows(ws, "promote", MODEL, "2", "--reason", "too early", expect=2)
+    assert "frozen" in refused.stderr and champion_version(ws) == "1"
+    ctflows(ws, "unfreeze", MODEL)
+    why = "frozen out during the incident, validated"
+    promoted = as_json(ctflows(ws, "promote", MODEL, "2", "--reason", why, "--json"))
+    assert promoted["kind"] == "promoted" and promoted["version"] == "2"
+    assert champion_version(ws) == "2"
+    assert as_json(ctflows(ws, "history", MODEL, "--json"))[0]["detail"] == why
