@@ -167,9 +167,12 @@ def write_outbox(state_dir: Path, message: Message, reason: str) -> Path:
     return path
 
 
-def keep_in_outbox(state_dir: Path, message: Message, reason: str) -> Delivery:
+def keep_in_outbox(
+    state_dir: Path, message: Message, reason: str, log_lost: bool = True
+) -> Delivery:
     """The message in the outbox; if even that cannot be written (disk full, read-only), a
-    Delivery saying it is lost, logged as an error: never an exception."""
+    Delivery saying it is lost, logged as an error (unless the caller logs it): never an
+    exception."""
     try:
         path = write_outbox(state_dir, message, reason)
     except OSError as exc:
@@ -177,20 +180,26 @@ def keep_in_outbox(state_dir: Path, message: Message, reason: str) -> Delivery:
             f"{reason}; and the outbox under {state_dir} cannot be written "
             f"({type(exc).__name__}: {exc}): notification LOST: {message.text}"
         )
-        log.error("%s", detail)
+        if log_lost:
+            log.error("%s", detail)
         return Delivery("outbox", False, detail, kept=False)
     return Delivery("outbox", True, f"{reason}; kept in {path}")
 
 
 def send_message(
-    message: Message, url: str | None, state_dir: Path, retries: int, timeout: float = 10.0
+    message: Message,
+    url: str | None,
+    state_dir: Path,
+    retries: int,
+    timeout: float = 10.0,
+    log_lost: bool = True,
 ) -> Delivery:
     """Post to Slack; on no webhook or a Slack outage, keep the message in the outbox instead.
 
     Never raises: a notification problem must not fail or undo what the run decided.
     """
     if not url:
-        return keep_in_outbox(state_dir, message, "no Slack webhook configured")
+        return keep_in_outbox(state_dir, message, "no Slack webhook configured", log_lost)
     from slack_sdk.http_retry.builtin_handlers import (
         ConnectionErrorRetryHandler,
         ServerErrorRetryHandler,
@@ -214,7 +223,7 @@ def send_message(
         from tasks.services import redact
 
         problem = redact(f"Slack unreachable (deadline {timeout:g}s): {type(exc).__name__}: {exc}")
-    kept = keep_in_outbox(state_dir, message, problem)
+    kept = keep_in_outbox(state_dir, message, problem, log_lost)
     return Delivery("outbox", False, kept.detail, kept.kept)
 
 
@@ -233,9 +242,9 @@ def notify(outcome: RunOutcome, params: Params) -> Delivery:
         logger.warning("could not read the Slack webhook secret: %s", redact(str(exc)))
         url = None
     delivery = send_message(
-        message, url, params.state_dir, params.notify.retries, params.timeouts.slack
+        message, url, params.state_dir, params.notify.retries, params.timeouts.slack, False
     )
-    if not delivery.kept:
+    if not delivery.kept:  # logged here, once, where the flow run's log shows it
         logger.error("notification not delivered: %s", delivery.detail)
     else:
         log_fn = logger.info if delivery.delivered else logger.warning
