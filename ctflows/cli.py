@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -22,6 +21,17 @@ EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_UNAVAILABLE = 0, 1, 2, 3
 EPILOG = """exit codes: 0 done, 1 failed, 2 bad input or refused (nothing changed),
 3 a service did not answer. The project is the current directory, or --project / $CTFLOWS_PROJECT.
 Models: params.yaml, or one folder each in models.d/ (`ctflows init`)."""
+
+
+def positive(text: str) -> int:
+    """An argument that must be a whole number of at least 1 (argparse: exit 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "crash journal, a freeze, the last decisions and the next scheduled run.",
     )
     p.add_argument("model", nargs="?", metavar="MODEL", help="model name (default: all)")
-    p.add_argument("--limit", type=int, default=5, help="decisions to show (default: 5)")
+    p.add_argument("--limit", type=positive, default=5, help="decisions to show (default: 5)")
     p = add(
         "history",
         "every decision, newest first",
@@ -69,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "newest first, with the gate or step that decided and who acted.",
     )
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--limit", type=int, default=50, help="decisions to show (default: 50)")
+    p.add_argument("--limit", type=positive, default=50, help="decisions to show (default: 50)")
     p = add(
         "rollback",
         "serve the previous champion again (cluster first, then the alias)",
@@ -214,11 +224,18 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from ctflows import output
     from tasks.errors import CtflowsError
 
+    output.configure()
     try:
-        return dispatch(args)
+        code = dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:  # `ctflows history --json | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second BrokenPipeError when Python exits
+        return EXIT_OK
     except KeyboardInterrupt:
         return fail(args, 130, "interrupted")
     except CtflowsError as exc:

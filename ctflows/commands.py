@@ -7,7 +7,9 @@ from dataclasses import asdict
 
 from ctflows import catalog, operate, status
 from ctflows.catalog import MODELS_DIR
-from ctflows.cli import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, emit, fail
+from ctflows.cli import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, emit, exit_code, fail
+from ctflows.connect import require_project_server, use_project_server
+from ctflows.operate import classified
 from tasks.ledger import read_decisions
 
 
@@ -32,6 +34,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     models = [_model(args)] if args.model else catalog.discover(args.project)
+    use_project_server(args.project)
     broken = [m for m in models if m.error]
     if args.model and broken:
         return fail(args, EXIT_REFUSED, str(broken[0].error))
@@ -51,7 +54,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     model = _model(args)
     params = model.params()
     status.use_tracking(params)
-    decisions = read_decisions(params, args.limit)
+    with classified(params):
+        decisions = read_decisions(params, args.limit)
     text = (
         "\n".join(status.decision_line(d) for d in decisions) or f"{model.name}: no decisions yet"
     )
@@ -60,26 +64,33 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _outcome_text(outcome: dict) -> str:
-    from tasks.notify import RunOutcome
+    from tasks.outcome import RunOutcome
 
     return RunOutcome(**outcome).line()
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    outcome = operate.rollback(_model(args), args.to, args.reason)
+    model = _model(args)
+    require_project_server(args.project, "ctflows rollback")
+    with classified(model.params()):
+        outcome = operate.rollback(model, args.to, args.reason)
     emit(args, outcome, _outcome_text(outcome))
     return EXIT_OK
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    outcome = operate.promote(_model(args), args.version, args.reason)
+    model = _model(args)
+    require_project_server(args.project, "ctflows promote")
+    with classified(model.params()):
+        outcome = operate.promote(model, args.version, args.reason)
     emit(args, outcome, _outcome_text(outcome))
     return EXIT_OK
 
 
 def cmd_freeze(args: argparse.Namespace) -> int:
     model = _model(args)
-    frozen = operate.freeze(model, args.reason)
+    with classified(model.params()):
+        frozen = operate.freeze(model, args.reason)
     emit(
         args,
         {"model": model.name, "frozen": frozen},
@@ -91,7 +102,8 @@ def cmd_freeze(args: argparse.Namespace) -> int:
 
 def cmd_unfreeze(args: argparse.Namespace) -> int:
     model = _model(args)
-    lifted = operate.unfreeze(model)
+    with classified(model.params()):
+        lifted = operate.unfreeze(model)
     emit(
         args,
         {"model": model.name, "lifted": lifted},
@@ -108,8 +120,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             args, EXIT_REFUSED, "--redecide re-decides a decision: not with --force or --dry-run"
         )
     redecide = operate.redecide_actor(args.redecide)
+    require_project_server(args.project, "ctflows run")
     if args.local:
-        ok, result = operate.run_local(model, args.rev, args.force, args.dry_run, redecide)
+        with classified(model.params()):
+            ok, result = operate.run_local(model, args.rev, args.force, args.dry_run, redecide)
+        if isinstance(result, BaseException):  # the flow's error: its kind is the exit code
+            return fail(args, exit_code(result), f"{type(result).__name__}: {result}")
         if not ok:
             return fail(args, EXIT_FAILED, str(result))
         emit(args, result, _outcome_text(result))

@@ -8,14 +8,17 @@ Every refusal is checked before anything changes and raises ``Refused``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 from ctflows.catalog import Model, deployment_name
 from ctflows.status import use_tracking
-from tasks.errors import CtflowsError, ErrorKind
+from tasks.config import Params
+from tasks.errors import CtflowsError, ErrorKind, kind_of
 from tasks.ledger import (
     Freeze,
     clear_freeze,
@@ -43,6 +46,29 @@ def _outcome_dict(outcome: Any) -> dict[str, Any]:
     return asdict(outcome)
 
 
+@contextlib.contextmanager
+def classified(params: Params) -> Iterator[None]:
+    """Failures of the services used inside, as what they are: an MLflow server that refused
+    or did not answer is ServiceUnavailable (exit 3), whatever exception its client raised."""
+    from tasks.services import ServiceUnavailable, outage_of
+
+    try:
+        yield
+    except Exception as exc:
+        if kind_of(exc) is ErrorKind.BAD_INPUT or isinstance(exc, ServiceUnavailable):
+            raise
+        outage = outage_of(exc, params)
+        if outage is None or outage is exc:
+            raise
+        raise outage from exc
+
+
+def canonical_version(version: str) -> str:
+    """A version as the registry spells it: ``02`` and `` 2`` are version 2."""
+    text = version.strip().removeprefix("v")
+    return str(int(text)) if text.isdigit() else version
+
+
 def rollback_target(model: Model, to: str | None) -> tuple[str | None, str]:
     """(current champion, version to go back to), or Refused saying why not."""
     from mlflow.tracking import MlflowClient
@@ -53,6 +79,7 @@ def rollback_target(model: Model, to: str | None) -> tuple[str | None, str]:
     use_tracking(params)
     name, alias = params.registry.model_name, params.registry.alias
     current = current_champion_version(name, alias)
+    to = canonical_version(to) if to is not None else None
     if to is None:
         if current is None:
             raise Refused(f"{model.name} has no champion (@{alias}): nothing to roll back")
@@ -89,11 +116,12 @@ def promote(model: Model, version: str, reason: str) -> dict[str, Any]:
 
     params = model.params()
     use_tracking(params)
+    version = canonical_version(version)
+    if current_champion_version(params.registry.model_name, params.registry.alias) == version:
+        raise Refused(f"{model.name} v{version} already is the champion: nothing to promote")
     problem = promotion_problem(params, version)
     if problem:
         raise Refused(problem)
-    if current_champion_version(params.registry.model_name, params.registry.alias) == version:
-        raise Refused(f"{model.name} v{version} already is the champion")
     outcome = promote_flow(
         version=version, reason=reason, actor=current_actor(), params_file=str(model.params_file)
     )
@@ -149,8 +177,8 @@ def run_local(
         state.result()
     except RedecideRefused:
         raise  # a refused request (exit 2), not a failed run
-    except BaseException as exc:  # the flow's own exception, re-raised by Prefect
-        return False, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # the flow's own exception, re-raised by Prefect
+        return False, exc
     return False, f"flow run ended {state.type.value}"
 
 

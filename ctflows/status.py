@@ -149,20 +149,49 @@ def cluster_facts(params: Params, champion: dict[str, Any] | None) -> dict[str, 
     }
 
 
-def journal_facts(params: Params) -> dict[str, Any] | None:
-    from tasks.journal import read_journal
+def journal_facts(params: Params, prefect_known: bool = False) -> dict[str, Any] | None:
+    """The open journal, and whether the run that wrote it is still at work: a live run's
+    journal is its change in progress, not something to repair."""
+    from tasks.journal import ENDED, read_journal, writer_alive, writer_state
 
     entry = read_journal(params.registry.model_name)
     if entry is None:
         return None
+    run_state = None
+    if prefect_known:
+        try:
+            run_state = writer_state(entry)
+        except Exception as exc:  # the Prefect part is reported on its own; judge by the pid
+            logging.getLogger(__name__).info("writer of the journal not read: %s", _why(exc))
+    alive = writer_alive(entry)
+    pid, host = entry.get("pid"), entry.get("host")
+    writer = f"flow run {entry.get('flow_run') or '-'}, pid {pid} on {host}"
+    if run_state in ENDED or alive is False:
+        state, note = (
+            "interrupted",
+            f"a promotion or rollback died half-way ({writer}"
+            f"{', ' + run_state if run_state else ', gone'}): the next run repairs it, "
+            "or `ctflows rollback` does now",
+        )
+    elif alive or run_state is not None:
+        state, note = (
+            "in-progress",
+            f"a run is making this change now ({writer}, {run_state or 'running'}): nothing "
+            "to repair; it closes the journal when it is done",
+        )
+    else:
+        state, note = (
+            "unknown",
+            f"a change in progress, or one that died half-way ({writer}: not known here): the "
+            "next run repairs it once the training slot is free",
+        )
     return {
         "version": entry.get("version"),
         "previous_version": entry.get("previous_version"),
         "deployments": sorted(entry.get("templates", {})),
-        "note": (
-            "a promotion or rollback died half-way: the next run repairs it, "
-            "or `ctflows rollback` does now"
-        ),
+        "state": state,
+        "writer": writer,
+        "note": note,
     }
 
 
@@ -239,7 +268,7 @@ def gather(model: Model, limit: int = 5) -> Status:
         decisions = read_decisions(params, limit=max(limit, 20))
         status.decisions = [asdict(d) for d in decisions[:limit]]
         status.champion = champion_facts(params, decisions)
-        status.journal = journal_facts(params)
+        status.journal = journal_facts(params, prefect_known=_prefect_configured())
         freeze = read_freeze(params)
         status.frozen = asdict(freeze) if freeze else None
     except _NoStore:
@@ -259,7 +288,10 @@ def gather(model: Model, limit: int = 5) -> Status:
         except Exception as exc:
             status.unavailable["prefect"] = _why(exc)
     else:
-        status.unavailable["prefect"] = "no Prefect server configured (PREFECT_API_URL)"
+        status.unavailable["prefect"] = (
+            "no Prefect server known (PREFECT_API_URL is not set and no running `make serve` "
+            "is recorded in the project's state dir)"
+        )
     ui = mlflow_ui(params)
     status.links["mlflow"] = f"{ui}/#/models/{params.registry.model_name}"
     if status.champion:
@@ -306,12 +338,15 @@ def render(status: Status) -> str:
                 f"(model v{k['model_version'] or '?'}): {match}"
             )
     j = status.journal
-    lines.append(
-        "  journal     none"
-        if not j
-        else f"  journal     OPEN: move to v{j['version']} from v{j['previous_version'] or '-'} "
-        f"did not finish ({', '.join(j['deployments']) or 'no cluster'}); {j['note']}"
-    )
+    if not j:
+        lines.append("  journal     none")
+    else:
+        move = f"move to v{j['version']} from v{j['previous_version'] or '-'}"
+        where = ", ".join(j["deployments"]) or "no cluster"
+        if j.get("state") == "in-progress":
+            lines.append(f"  journal     IN PROGRESS: {move} ({where}); {j['note']}")
+        else:
+            lines.append(f"  journal     OPEN: {move} did not finish ({where}); {j['note']}")
     f = status.frozen
     lines.append(
         "  promotions  allowed"

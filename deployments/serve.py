@@ -6,7 +6,9 @@
 Builds the deployments of deployments/definitions.py (schedules, the data-landed trigger, the
 manual deployment, the drift monitor, the repair) and runs their flow runs from this process.
 `--server` starts a Prefect server on loopback first (state in the params' state dir) when no
-PREFECT_API_URL is set; `--webhook-port` also starts the signed-webhook receiver on `--host`,
+PREFECT_API_URL is set; the server served on is recorded in <state dir>/prefect/server.json
+for `ctflows`, and the `export PREFECT_API_URL=...` line for other shells is printed;
+`--webhook-port` also starts the signed-webhook receiver on `--host`,
 unless no webhook secret is configured: then everything else is served and the receiver is off.
 Before serving, flow `repair` finishes undoing any promotion a killed run left half-done; while
 serving, a thread looks for a stale journal every `triggers.repair_seconds` and starts
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments.definitions import REPAIR_FLOW, DeploymentSpec, project_specs
-from deployments.server import prefect_server, runtime_settings
+from deployments.server import prefect_server, runtime_settings, serving_on
 from tasks.config import load_params
 from tasks.services import install_redaction
 
@@ -170,11 +172,14 @@ def main(argv: list[str] | None = None) -> None:
     install_redaction()  # the receiver's and the served runs' lines hold no credentials
     params_file = str(Path(args.params).resolve())
     signal.signal(signal.SIGTERM, _exit_on_term)  # so the server and webhook stop with us
+    state_dir = load_params(params_file).state_dir
     with contextlib.ExitStack() as stack:
-        if args.server and not os.environ.get("PREFECT_API_URL"):
-            home = load_params(params_file).state_dir / "prefect"
-            url = stack.enter_context(prefect_server(home, args.server_port))
+        url = os.environ.get("PREFECT_API_URL")
+        if args.server and not url:
+            url = stack.enter_context(prefect_server(state_dir / "prefect", args.server_port))
             print(f"Prefect server and UI on {url.removesuffix('/api')}", flush=True)
+        if url:  # every client of this process, and `ctflows`, on this one server
+            stack.enter_context(serving_on(state_dir, url))
         stack.enter_context(maybe_webhook(params_file, args.host, args.webhook_port))
         serve_all(params_file)
 

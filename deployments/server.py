@@ -1,12 +1,18 @@
-"""A real `prefect server start` on loopback, for the demo, the benchmark and the tests.
+"""A real `prefect server start` on loopback, for the demo, the benchmark and the tests, and
+the record of which Prefect server a project's `make serve` uses.
 
 An ephemeral Prefect server runs no schedules and no triggers, and its SQLite file is not
 shared with the UI; a started server is what deployments need and what the UI shows.
+
+`make serve` writes the address of the server it serves on to ``<state_dir>/prefect/server.json``
+while it runs; `ctflows` reads it (and checks that the server answers) when PREFECT_API_URL is
+not set, so operator commands take the same training slot as the served runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -102,6 +108,7 @@ def prefect_server(home: Path, port: int | None = None, timeout: float = 90.0) -
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: api_url, **runtime_settings()}):
+            refresh_global_settings()  # threads (the webhook receiver) talk to it as well
             try:
                 yield api_url
             finally:
@@ -112,6 +119,7 @@ def prefect_server(home: Path, port: int | None = None, timeout: float = 90.0) -
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        refresh_global_settings()
         proc.terminate()
         try:
             proc.wait(timeout=15)
@@ -119,3 +127,62 @@ def prefect_server(home: Path, port: int | None = None, timeout: float = 90.0) -
             proc.kill()
             proc.wait()
         log.close()
+
+
+def refresh_global_settings() -> None:
+    """Prefect's process-wide settings from the environment as it is now.
+
+    A thread starts without the context of the thread that started it, and reads Prefect's
+    settings from the process-wide context, built when Prefect was imported: without this, a
+    thread would not see a server started since, and Prefect would start a temporary second
+    server for it on the same database.
+    """
+    import prefect.context
+
+    prefect.context.refresh_global_settings_context()
+
+
+def server_file(state_dir: Path) -> Path:
+    """Where `make serve` records the Prefect server it serves on."""
+    return state_dir / "prefect" / "server.json"
+
+
+@contextlib.contextmanager
+def serving_on(state_dir: Path, api_url: str) -> Iterator[Path]:
+    """Record ``api_url`` as the project's Prefect server while inside, and print the line
+    that points a shell at it."""
+    path = server_file(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"api_url": api_url, "pid": os.getpid(), "host": socket.gethostname()}
+    path.write_text(json.dumps(entry) + "\n")
+    print(
+        f"Prefect API on {api_url}; `ctflows` finds it by itself (recorded in {path}); for "
+        f"`prefect` commands in another shell:\n  export PREFECT_API_URL={api_url}",
+        flush=True,
+    )
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            if json.loads(path.read_text()).get("pid") == os.getpid():  # not a newer serve's
+                path.unlink()
+
+
+def answers(api_url: str, timeout: float = 3.0) -> bool:
+    """Whether a Prefect server answers ``/health`` at ``api_url`` within ``timeout``."""
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def recorded_server(state_dir: Path, timeout: float = 3.0) -> str | None:
+    """The API URL of the Prefect server `make serve` serves this project on, if it answers."""
+    path = server_file(state_dir)
+    try:
+        entry = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    url = entry.get("api_url") if isinstance(entry, dict) else None
+    return str(url) if url and answers(str(url), timeout) else None

@@ -8,7 +8,7 @@ from tasks.champion import get_champion
 from tasks.config import Params, load_params
 from tasks.dask_engine import dask_run
 from tasks.data import lineage_tags, pull_data, resolve_data
-from tasks.decisions import RedecideRefused, find_decision, mark_redecided, redecision
+from tasks.decisions import RedecideRefused, decide, find_decision, mark_redecided, redecision
 from tasks.deploy import check_deployment, deploy_model
 from tasks.evaluate import (
     GateRejected,
@@ -22,7 +22,8 @@ from tasks.gates.predict_memory import probe_scope, start_probe
 from tasks.image import build_model_image, validate_model_image
 from tasks.journal import recover_interrupted
 from tasks.ledger import check_freeze
-from tasks.notify import Kind, RunOutcome, flow_run_link, notify
+from tasks.notify import flow_run_link
+from tasks.outcome import Kind, RunOutcome
 from tasks.promote import (
     finish_promotion,
     promote_model,
@@ -99,7 +100,7 @@ def _continuous_training(
         step = "recover"
         recovered = recover_interrupted(params)
         if recovered:
-            notify(
+            decide(
                 RunOutcome(
                     "recovered", outcome.model_name, error=recovered, flow_run=outcome.flow_run
                 ),
@@ -143,7 +144,7 @@ def _continuous_training(
                 run_id=previous.run_id,
                 flow_run=outcome.flow_run,
             )
-            notify(skipped, params)
+            decide(skipped, params)
             return skipped
         pulled = version
         version = call_with_deadline(
@@ -183,24 +184,30 @@ def _continuous_training(
             result = mark_redecided(result, redecided, redecide)
             if not dry_run:
                 complete_run(trained.run_id, champion.version if champion else None)
-            notify(result, params)
+            decide(result, params)
             if kind == "rejected" and params.gates.fail_run_on_reject:
                 raise GateRejected(report)
             return result
         step = "promote"
         freeze = check_freeze(params)
-        if freeze is not None:  # gated but not promoted; not complete: decided again later
+        if freeze is not None:  # gated, registered and built, not promoted; decided again later
+            why = f"promotions frozen by {freeze.actor} since {freeze.at}: {freeze.reason}"
+            step = "image"
+            registered = register_candidate(trained, params, frozen=why)
+            build_model_image(trained.model_uri, params.registry.model_name, registered, params)
             frozen = RunOutcome(
                 "frozen",
                 outcome.model_name,
                 version.md5,
+                registered,
                 champion.version if champion else None,
                 run_id=trained.run_id,
                 flow_run=outcome.flow_run,
-                error=f"promotions frozen by {freeze.actor} since {freeze.at}: {freeze.reason}",
+                error=f"{why}; registered as v{registered} (no alias): promote it by hand "
+                "(`ctflows promote`) once the freeze is lifted",
             ).with_report(report)
             frozen = mark_redecided(frozen, redecided, redecide)
-            notify(frozen, params)
+            decide(frozen, params)
             return frozen
         step = "image"  # built, pushed and found by digest before the alias moves
         registered = register_candidate(trained, params)
@@ -220,7 +227,7 @@ def _continuous_training(
                 flow_run=outcome.flow_run,
             ).with_report(report)
             complete_run(trained.run_id, champion.version if champion else None)
-            notify(rejected, params)
+            decide(rejected, params)
             if params.gates.fail_run_on_reject:
                 raise GateRejected(report)
             return rejected
@@ -245,14 +252,14 @@ def _continuous_training(
             flow_run=outcome.flow_run,
         ).with_report(report)
         result = mark_redecided(result, redecided, redecide)
-        notify(result, params)
+        decide(result, params)
         return result
     except (GateRejected, RedecideRefused):
         raise
     except Exception as exc:
         error = failure_text(exc, params)  # names the service that failed; no credentials
         logger.error("failed at step %s (md5=%s): %s", step, outcome.data_md5 or "-", error)
-        notify(
+        decide(
             RunOutcome(
                 "failed",
                 outcome.model_name,

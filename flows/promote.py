@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from flows.serve_version import serve_version, served_outcome
 from tasks.config import load_params
 from tasks.ledger import check_promotable
-from tasks.notify import RunOutcome
+from tasks.outcome import RunOutcome
 from tasks.services import install_redaction
 
 

@@ -20,8 +20,10 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError
 
 from tasks.config import load_params
+from tasks.decisions import decide
 from tasks.journal import journal_writer_ended, recover_interrupted
-from tasks.notify import RunOutcome, flow_run_link, notify
+from tasks.notify import flow_run_link
+from tasks.outcome import RunOutcome
 from tasks.train import hold_training_lock, prepare_tracking, training_slot_taken
 
 NOTHING = "nothing to repair"
@@ -64,7 +66,7 @@ def repair(params_file: str = "params.yaml", wait_seconds: float | None = None) 
     if not note:
         logger.info("%s: %s", params.registry.model_name, NOTHING)
         return NOTHING
-    notify(
+    decide(
         RunOutcome("recovered", params.registry.model_name, error=note, flow_run=flow_run_link()),
         params,
     )

@@ -12,10 +12,12 @@ from collections.abc import Callable
 
 from tasks.cluster import PodTemplate
 from tasks.config import Params
+from tasks.decisions import decide
 from tasks.deploy import DeployResult, check_deployment, deploy_model
 from tasks.image import check_image
 from tasks.journal import recover_interrupted
-from tasks.notify import Kind, RunOutcome, flow_run_link, notify
+from tasks.notify import flow_run_link
+from tasks.outcome import Kind, RunOutcome
 from tasks.promote import RollbackPlan, begin_rollback, plan_rollback, switch_alias
 from tasks.services import failure_text, prefect_deadline
 from tasks.train import hold_training_lock, prepare_tracking
@@ -58,7 +60,7 @@ def serve_version(
                 flow_run=flow_run_link(),
                 actor=actor or None,
             )
-            notify(failed, params)
+            decide(failed, params)
             raise
     return plan, deployed
 
@@ -71,7 +73,7 @@ def served_outcome(
     reason: str,
     actor: str,
 ) -> RunOutcome:
-    """The outcome of a switch that succeeded, notified."""
+    """The outcome of a switch that succeeded, recorded and notified."""
     outcome = RunOutcome(
         kind,
         params.registry.model_name,
@@ -84,5 +86,5 @@ def served_outcome(
         error=reason or None,
         actor=actor or None,
     )
-    notify(outcome, params)
+    decide(outcome, params)
     return outcome

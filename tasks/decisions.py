@@ -1,5 +1,6 @@
-"""Earlier decisions on the same data, params and code: whether one still holds now, and
-whether an operator may have it decided again (``ctflows run --redecide``)."""
+"""Decisions: recording one (the ledger first, then the team told), whether an earlier
+decision on the same data, params and code still holds now, and whether an operator may have
+it decided again (``ctflows run --redecide``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,21 @@ from tasks.champion import current_champion_version
 from tasks.config import Params
 from tasks.errors import CtflowsError, ErrorKind
 from tasks.gates.registry import builtin_gates
-from tasks.notify import RunOutcome
+from tasks.ledger import record_outcome
+from tasks.notify import notify
+from tasks.outcome import RunOutcome
 from tasks.train import PreviousRun, find_previous_run
+
+
+def decide(outcome: RunOutcome, params: Params) -> None:
+    """Make ``outcome`` part of the model's history, then tell the team.
+
+    The ledger is written as part of the decision, whatever happens to the notification; and
+    neither a ledger nor a notification that fails raises: what was decided (an alias moved, a
+    cluster rolled out) stands and the run or command ends as it should.
+    """
+    record_outcome(outcome, params)
+    notify(outcome, params)
 
 
 def still_decided(previous: PreviousRun, champion: str | None) -> bool:

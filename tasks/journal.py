@@ -84,13 +84,27 @@ def _writer() -> dict[str, Any]:
 ENDED = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 
-def writer_ended(entry: dict[str, Any]) -> str | None:
-    """The final state of the flow run that wrote ``entry`` (``CRASHED``, ...), or None while
-    it may still be working (running, unknown, or written outside a flow run).
+def writer_alive(entry: dict[str, Any]) -> bool | None:
+    """Whether the process that wrote ``entry`` still runs: known on the host that wrote it
+    (its pid), None elsewhere."""
+    import os
+    import socket
 
-    Prefect's runner marks a served run whose process died (kill -9, out of memory) Crashed
-    when it sees the process exit: its journal can be applied at once, without waiting for
-    its training slot's lease to run out."""
+    pid = entry.get("pid")
+    if entry.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
+def writer_state(entry: dict[str, Any]) -> str | None:
+    """The state of the flow run that wrote ``entry`` (``RUNNING``, ``CRASHED``, ...), None
+    when it is not known (written outside a flow run, or the run is not on this server)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -102,7 +116,17 @@ def writer_ended(entry: dict[str, Any]) -> str | None:
             state = client.read_flow_run(run_id).state
         except ObjectNotFound:
             return None
-    kind = state.type.value if state is not None else None
+    return state.type.value if state is not None else None
+
+
+def writer_ended(entry: dict[str, Any]) -> str | None:
+    """The final state of the flow run that wrote ``entry`` (``CRASHED``, ...), or None while
+    it may still be working (running, unknown, or written outside a flow run).
+
+    Prefect's runner marks a served run whose process died (kill -9, out of memory) Crashed
+    when it sees the process exit: its journal can be applied at once, without waiting for
+    its training slot's lease to run out."""
+    kind = writer_state(entry)
     return kind if kind in ENDED else None
 
 

@@ -23,11 +23,12 @@ from prefect.cache_policies import NONE
 
 from tasks.config import Params
 from tasks.errors import CtflowsError, ErrorKind
+from tasks.services import redact
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from tasks.notify import RunOutcome
+    from tasks.outcome import RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,38 @@ def record_decision(outcome: RunOutcome, params: Params, actor: str | None = Non
     )
     run = client.create_run(experiment_id, tags=tags, run_name=name)
     client.set_terminated(run.info.run_id)
+
+
+def should_record(outcome: RunOutcome) -> bool:
+    """Whether ``outcome`` is a decision of the model's history (not drift notes, and not a
+    failed setup, which had no store to write to)."""
+    return outcome.kind in KINDS_RECORDED and not (
+        outcome.kind == "failed" and outcome.step == "setup"
+    )
+
+
+@task(name="record-decision", cache_policy=NONE)
+def record_outcome(outcome: RunOutcome, params: Params) -> bool:
+    """Write ``outcome`` to the model's history as part of the decision, before anyone is told.
+
+    A ledger that cannot be written does not undo what was decided (the alias and the cluster
+    already moved): it is logged as an error naming the decision, and False is returned.
+    """
+    if not should_record(outcome):
+        return False
+    try:
+        record_decision(outcome, params)
+    except Exception as exc:  # MLflow's client raises many kinds; the decision stands
+        get_run_logger().error(
+            "the decision %s %s v%s was made but could not be written to the ledger "
+            "(`ctflows history`): %s",
+            outcome.kind,
+            outcome.model_name,
+            outcome.version or "-",
+            redact(f"{type(exc).__name__}: {exc}"),
+        )
+        return False
+    return True
 
 
 def read_decisions(params: Params, limit: int = 20) -> list[Decision]:

@@ -8,31 +8,18 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks.config import NotifyParams, Params
-from tasks.ledger import KINDS_RECORDED, record_decision
+from tasks.outcome import Kind, RunOutcome
 
-if TYPE_CHECKING:
-    from tasks.evaluate import GateReport
+__all__ = ["Kind", "RunOutcome", "notify", "send_message"]  # RunOutcome lives in tasks.outcome
 
 log = logging.getLogger(__name__)
 
-Kind = Literal[
-    "promoted",
-    "rejected",
-    "failed",
-    "skipped",
-    "dry-run",
-    "drift",
-    "no-drift",
-    "recovered",
-    "rolled-back",
-    "frozen",
-]
 EMOJI = {
     "promoted": ":rocket:",
     "rejected": ":no_entry:",
@@ -48,59 +35,6 @@ EMOJI = {
 
 
 @dataclass(frozen=True)
-class RunOutcome:
-    """What one continuous-training run decided, for people and for the demo's output."""
-
-    kind: Kind
-    model_name: str
-    data_md5: str = ""
-    version: str | None = None
-    previous_version: str | None = None
-    run_id: str | None = None
-    metric: str = ""
-    candidate: float | None = None
-    champion: float | None = None
-    failed_gates: tuple[str, ...] = ()
-    step: str | None = None
-    error: str | None = None
-    deploy: str | None = None
-    flow_run: str | None = None
-    report: str | None = None
-    actor: str | None = None  # who acted, for operator actions (promote, rollback by hand)
-    redecided: str | None = None  # a re-decision (`ctflows run --redecide`): who asked, of what
-
-    def with_report(self, report: GateReport) -> RunOutcome:
-        """This outcome with the primary metric of both models and the failed gates."""
-        return replace(
-            self,
-            metric=report.primary_metric,
-            candidate=report.candidate_primary,
-            champion=report.champion_primary,
-            failed_gates=tuple(f"{g.name}: {g.reason}" for g in report.failed),
-            report=(
-                f"MLflow run `{self.run_id}`, artifacts `gates/` (report.json, report.md, plots); "
-                "Prefect artifacts `gate-report` and `gate-summary`"
-            ),
-        )
-
-    def line(self) -> str:
-        parts = [f"{self.kind:<8}", f"data={self.data_md5[:10] or '-':<10}"]
-        if self.candidate is not None:
-            parts.append(f"{self.metric}={self.candidate:.4f}")
-            champ = "none" if self.champion is None else f"{self.champion:.4f}"
-            parts.append(f"champion={champ}")
-        if self.version:
-            parts.append(f"model={self.model_name} v{self.version}")
-        if self.failed_gates:
-            parts.append("failed=" + ",".join(self.failed_gates))
-        if self.error:
-            parts.append(f"[{self.step}] {self.error.splitlines()[0][:160]}")
-        if self.deploy:
-            parts.append(f"deploy={self.deploy}")
-        return "  ".join(parts)
-
-
-@dataclass(frozen=True)
 class Message:
     text: str
     blocks: list[dict[str, Any]] = field(default_factory=list)
@@ -111,6 +45,7 @@ class Delivery:
     channel: Literal["slack", "outbox"]
     delivered: bool
     detail: str
+    kept: bool = True  # False: neither posted nor written to the outbox; the message is lost
 
 
 def build_message(outcome: RunOutcome) -> Message:
@@ -232,16 +167,39 @@ def write_outbox(state_dir: Path, message: Message, reason: str) -> Path:
     return path
 
 
+def keep_in_outbox(
+    state_dir: Path, message: Message, reason: str, log_lost: bool = True
+) -> Delivery:
+    """The message in the outbox; if even that cannot be written (disk full, read-only), a
+    Delivery saying it is lost, logged as an error (unless the caller logs it): never an
+    exception."""
+    try:
+        path = write_outbox(state_dir, message, reason)
+    except OSError as exc:
+        detail = (
+            f"{reason}; and the outbox under {state_dir} cannot be written "
+            f"({type(exc).__name__}: {exc}): notification LOST: {message.text}"
+        )
+        if log_lost:
+            log.error("%s", detail)
+        return Delivery("outbox", False, detail, kept=False)
+    return Delivery("outbox", True, f"{reason}; kept in {path}")
+
+
 def send_message(
-    message: Message, url: str | None, state_dir: Path, retries: int, timeout: float = 10.0
+    message: Message,
+    url: str | None,
+    state_dir: Path,
+    retries: int,
+    timeout: float = 10.0,
+    log_lost: bool = True,
 ) -> Delivery:
     """Post to Slack; on no webhook or a Slack outage, keep the message in the outbox instead.
 
     Never raises: a notification problem must not fail or undo what the run decided.
     """
     if not url:
-        path = write_outbox(state_dir, message, "no webhook configured")
-        return Delivery("outbox", True, f"no Slack webhook configured; kept in {path}")
+        return keep_in_outbox(state_dir, message, "no Slack webhook configured", log_lost)
     from slack_sdk.http_retry.builtin_handlers import (
         ConnectionErrorRetryHandler,
         ServerErrorRetryHandler,
@@ -265,12 +223,14 @@ def send_message(
         from tasks.services import redact
 
         problem = redact(f"Slack unreachable (deadline {timeout:g}s): {type(exc).__name__}: {exc}")
-    path = write_outbox(state_dir, message, problem)
-    return Delivery("outbox", False, f"{problem}; kept in {path}")
+    kept = keep_in_outbox(state_dir, message, problem, log_lost)
+    return Delivery("outbox", False, kept.detail, kept.kept)
 
 
 @task(name="notify", cache_policy=NONE)
 def notify(outcome: RunOutcome, params: Params) -> Delivery:
+    """Tell the team. Never raises: the decision is already recorded (tasks.ledger) and stands
+    whether or not its notification could be delivered or kept."""
     from tasks.services import prefect_deadline, redact
 
     logger = get_run_logger()
@@ -282,15 +242,11 @@ def notify(outcome: RunOutcome, params: Params) -> Delivery:
         logger.warning("could not read the Slack webhook secret: %s", redact(str(exc)))
         url = None
     delivery = send_message(
-        message, url, params.state_dir, params.notify.retries, params.timeouts.slack
+        message, url, params.state_dir, params.notify.retries, params.timeouts.slack, False
     )
-    log_fn = logger.info if delivery.delivered else logger.warning
-    log_fn("notification (%s): %s — %s", delivery.channel, message.text, delivery.detail)
-    if outcome.kind in KINDS_RECORDED and not (
-        outcome.kind == "failed" and outcome.step == "setup"
-    ):
-        try:  # the model's history (`ctflows history`); a failed setup had no store to write to
-            record_decision(outcome, params)
-        except Exception as exc:  # the decision stands; only its history line is missing
-            logger.warning("could not record the decision in the MLflow ledger: %s", exc)
+    if not delivery.kept:  # logged here, once, where the flow run's log shows it
+        logger.error("notification not delivered: %s", delivery.detail)
+    else:
+        log_fn = logger.info if delivery.delivered else logger.warning
+        log_fn("notification (%s): %s — %s", delivery.channel, message.text, delivery.detail)
     return delivery

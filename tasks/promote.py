@@ -16,8 +16,9 @@ from tasks.champion import current_champion_version, move_alias, version_identit
 from tasks.cluster import PodTemplate
 from tasks.config import Params
 from tasks.deploy import ModelIdentity
+from tasks.errors import CtflowsError, ErrorKind
 from tasks.journal import clear_journal, recover, write_journal
-from tasks.train import TrackingError, TrainedModel
+from tasks.train import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,38 @@ def record_rollback(promotion: Promotion, reason: str) -> None:
     client.set_tag(promotion.run_id, "ct.completed", "true")
 
 
+FROZEN_TAG = "ct.frozen_candidate"
+
+
+def mark_frozen_candidate(trained: TrainedModel, params: Params, version: str, why: str) -> None:
+    """Tag a version that passed its gates while promotions were frozen: registered, with its
+    lineage, and promotable by hand (`ctflows promote`) once the freeze is lifted."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    name = params.registry.model_name
+    client.set_model_version_tag(name, version, "ct.data_md5", trained.data_md5)
+    client.set_model_version_tag(name, version, FROZEN_TAG, why[:5000] or "true")
+    client.set_tag(trained.run_id, "ct.model_version", version)
+
+
 @task(name="register-candidate", cache_policy=NONE)
-def register_candidate(trained: TrainedModel, params: Params) -> str:
-    """The gates passed: register the version its image is built for; the alias stays."""
+def register_candidate(trained: TrainedModel, params: Params, frozen: str | None = None) -> str:
+    """The gates passed: register the version its image is built for; the alias stays.
+
+    ``frozen`` (why promotions are frozen): the version is tagged a frozen candidate."""
     version = register_version(trained, params)
+    if frozen is not None:
+        mark_frozen_candidate(trained, params, version, frozen)
+        get_run_logger().warning(
+            "registered %s v%s (run %s) as a frozen candidate: @%s unchanged; promote it by "
+            "hand once the freeze is lifted",
+            params.registry.model_name,
+            version,
+            trained.run_id,
+            params.registry.alias,
+        )
+        return version
     get_run_logger().info(
         "registered %s v%s (run %s); @%s unchanged until its image is in the registry",
         params.registry.model_name,
@@ -163,6 +192,13 @@ def restore_champion(promotion: Promotion, reason: str, params: Params) -> None:
     recover(params)
 
 
+class SwitchRefused(CtflowsError, ValueError):
+    """A rollback or promotion that cannot be done as asked (nothing to go back to, or the
+    version already is the champion); nothing was changed."""
+
+    kind = ErrorKind.BAD_INPUT
+
+
 @dataclass(frozen=True)
 class RollbackPlan:
     current: str | None
@@ -178,13 +214,14 @@ def plan_rollback(params: Params, version: str | None) -> RollbackPlan:
     current = current_champion_version(name, alias)
     if version is None:
         if current is None:
-            raise TrackingError(f"{name} has no @{alias}: nothing to roll back")
+            raise SwitchRefused(f"{name} has no @{alias}: nothing to roll back")
         version = MlflowClient().get_model_version(name, current).tags.get("ct.previous_champion")
         if not version:
-            raise TrackingError(f"{name} v{current} replaced no earlier champion; pass a version")
-    if version == current:
-        raise TrackingError(f"{name} v{version} already is @{alias}")
-    return RollbackPlan(current, version_identity(name, version))
+            raise SwitchRefused(f"{name} v{current} replaced no earlier champion; pass a version")
+    target = version_identity(name, version)  # the registry's spelling: "02" is version 2
+    if target.version == current:
+        raise SwitchRefused(f"{name} v{target.version} already is @{alias}: nothing to change")
+    return RollbackPlan(current, target)
 
 
 @task(name="begin-rollback", cache_policy=NONE)

@@ -144,7 +144,7 @@ def test_freeze_stops_a_promotion_until_unfrozen(workspace):
 
     ctflows(ws, "unfreeze", MODEL)
     again = as_json(ctflows(ws, "run", MODEL, "--local", "--rev", rev, "--json"))
-    assert again["kind"] == "promoted" and champion_version(ws) == "2"
+    assert again["kind"] == "promoted" and champion_version(ws) == "3"  # v2: the frozen one
 
 
 def test_bad_input_is_refused_with_exit_2_and_changes_nothing(workspace, tmp_path):

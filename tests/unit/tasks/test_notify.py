@@ -51,6 +51,17 @@ def test_no_webhook_goes_to_the_outbox(tmp_path):
     assert json.loads(lines[0])["text"] == "hello"
 
 
+@pytest.mark.parametrize("url", [None, "http://127.0.0.1:9/hook"])
+def test_an_outbox_that_cannot_be_written_loses_the_message_loudly_never_raising(
+    tmp_path, url, caplog
+):
+    (tmp_path / "outbox" / "slack.jsonl").mkdir(parents=True)  # cannot be appended to
+    delivery = send_message(Message("v3 promoted", []), url, tmp_path, retries=0)
+    assert not delivery.delivered and not delivery.kept
+    assert "cannot be written" in delivery.detail and "v3 promoted" in delivery.detail
+    assert any(r.levelname == "ERROR" and "LOST" in r.getMessage() for r in caplog.records)
+
+
 def test_posts_through_slack_sdk_and_survives_an_outage(tmp_path):
     with SlackRecorder() as slack:
         ok = send_message(Message("up", [{"type": "divider"}]), slack.url, tmp_path, retries=0)
