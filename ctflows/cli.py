@@ -225,9 +225,14 @@ def dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ctflows import output
+
+    with output.configured():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from tasks.errors import CtflowsError
 
-    output.configure()
     try:
         code = dispatch(args)
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit

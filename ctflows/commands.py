@@ -8,7 +8,7 @@ from dataclasses import asdict
 from ctflows import catalog, operate, status
 from ctflows.catalog import MODELS_DIR
 from ctflows.cli import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, emit, exit_code, fail
-from ctflows.connect import require_project_server, use_project_server
+from ctflows.connect import project_server, require_project_server, use_project_server
 from ctflows.operate import classified
 from tasks.ledger import read_decisions
 
@@ -71,8 +71,7 @@ def _outcome_text(outcome: dict) -> str:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     model = _model(args)
-    require_project_server(args.project, "ctflows rollback")
-    with classified(model.params()):
+    with project_server(args.project, "ctflows rollback"), classified(model.params()):
         outcome = operate.rollback(model, args.to, args.reason)
     emit(args, outcome, _outcome_text(outcome))
     return EXIT_OK
@@ -80,8 +79,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     model = _model(args)
-    require_project_server(args.project, "ctflows promote")
-    with classified(model.params()):
+    with project_server(args.project, "ctflows promote"), classified(model.params()):
         outcome = operate.promote(model, args.version, args.reason)
     emit(args, outcome, _outcome_text(outcome))
     return EXIT_OK
@@ -120,9 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             args, EXIT_REFUSED, "--redecide re-decides a decision: not with --force or --dry-run"
         )
     redecide = operate.redecide_actor(args.redecide)
-    require_project_server(args.project, "ctflows run")
     if args.local:
-        with classified(model.params()):
+        with project_server(args.project, "ctflows run --local"), classified(model.params()):
             ok, result = operate.run_local(model, args.rev, args.force, args.dry_run, redecide)
         if isinstance(result, BaseException):  # the flow's error: its kind is the exit code
             return fail(args, exit_code(result), f"{type(result).__name__}: {result}")
@@ -130,6 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return fail(args, EXIT_FAILED, str(result))
         emit(args, result, _outcome_text(result))
         return EXIT_OK
+    require_project_server(args.project, "ctflows run")
     ok, result = operate.run_deployment(
         model, args.rev, args.force, args.dry_run, echo=not args.json, redecide=redecide
     )

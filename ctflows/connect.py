@@ -2,20 +2,33 @@
 
 PREFECT_API_URL when it is set; else the server `make serve` records in
 ``<state_dir>/prefect/server.json`` while it runs, if it answers. Commands that take the
-model's training slot (run, rollback, promote) refuse when neither is known: on Prefect's
-temporary server they would take another slot than the served runs, and could apply the
-journal of a promotion that is still running.
+model's training slot in this process (`run --local`, rollback, promote) start the project's
+own server (its database in ``<state_dir>/prefect``, as `make serve` does) for their duration
+when none is known, and record it the same way, so that every other ctflows command of the
+project meanwhile finds it and holds the same slot; never Prefect's temporary server, whose
+slot is another and which could apply the journal of a promotion that is still running.
+`ctflows run` without `--local` needs the served deployments, so it refuses when no server
+is known.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ctflows.catalog import discover
-from deployments.server import recorded_server, refresh_global_settings, server_file
+from deployments.server import (
+    prefect_server,
+    recorded_server,
+    refresh_global_settings,
+    server_file,
+    serving_on,
+)
 from tasks.config import load_params
 from tasks.errors import CtflowsError, ErrorKind
 
@@ -70,3 +83,31 @@ def require_project_server(project: Path, what: str) -> PrefectAddress:
     if address.api_url is None:
         raise NoProjectServer(what, server_file(project_state_dir(project)))
     return address
+
+
+@contextlib.contextmanager
+def project_server(project: Path, what: str) -> Iterator[PrefectAddress]:
+    """The project's Prefect server for a command that takes the training slot here: the
+    known one, else the project's own started (and recorded) until the command ends."""
+    address = use_project_server(project)
+    if address.api_url is not None:
+        yield address
+        return
+    state_dir = project_state_dir(project)
+    record = server_file(state_dir)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        with (record.parent / "server.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two commands at once start one server
+            address = use_project_server(project)
+            if address.api_url is None:
+                print(
+                    f"{what}: no Prefect server of this project is running (`make serve`); "
+                    f"starting its own for this command, database in {record.parent}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                url = stack.enter_context(prefect_server(record.parent))
+                stack.enter_context(serving_on(state_dir, url, announce=False))
+                address = PrefectAddress(url, str(record))
+        yield address

@@ -10,9 +10,11 @@ the warning about the cloudpickle format ctflows chose, telemetry).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 from tasks.errors import CtflowsError
 
@@ -61,14 +63,35 @@ def hide_traceback(record: logging.LogRecord) -> bool:
     return isinstance(error, CtflowsError) or record.getMessage().startswith(_ALREADY_SHOWN)
 
 
-def configure(level: int = logging.WARNING) -> None:
-    """The command's logging: one stderr handler on the root logger, filtered and formatted."""
+@contextlib.contextmanager
+def configured(level: int = logging.WARNING) -> Iterator[None]:
+    """The command's logging while it runs: one stderr handler on the root logger, filtered
+    and formatted, MLflow quietened; all undone when it ends (``main`` may be called from a
+    program, which keeps its own logging and environment)."""
+    saved_env = {key: os.environ.get(key) for key in QUIET_ENV}
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RunLogFilter())
     handler.setFormatter(RunLogFormatter())
-    logging.basicConfig(level=level, handlers=[handler])
+    sklearn_filter = RunLogFilter()
+    telemetry = logging.getLogger("mlflow.telemetry")
+    saved_level, saved_telemetry = root.level, telemetry.level
+    root.addHandler(handler)
+    root.setLevel(level)
     # MLflow logs through its own handler: its loggers are quietened where they log
-    logging.getLogger("mlflow.sklearn").addFilter(RunLogFilter())
-    logging.getLogger("mlflow.telemetry").setLevel(logging.CRITICAL)  # and its modules below
+    logging.getLogger("mlflow.sklearn").addFilter(sklearn_filter)
+    telemetry.setLevel(logging.CRITICAL)  # and its modules below
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+        logging.getLogger("mlflow.sklearn").removeFilter(sklearn_filter)
+        telemetry.setLevel(saved_telemetry)
+        for key, saved in saved_env.items():
+            if saved is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = saved

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from deployments.definitions import REPAIR_FLOW, DeploymentSpec, project_specs
-from deployments.server import prefect_server, runtime_settings, serving_on
+from deployments.server import (
+    prefect_server,
+    recorded_server,
+    runtime_settings,
+    server_file,
+    serving_on,
+)
 from tasks.config import load_params
 from tasks.services import install_redaction
 
@@ -176,6 +182,13 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.ExitStack() as stack:
         url = os.environ.get("PREFECT_API_URL")
         if args.server and not url:
+            running = recorded_server(state_dir)
+            if running:  # a second server on the same database would split the training slot
+                raise SystemExit(
+                    f"a Prefect server of this project already runs at {running} (recorded in "
+                    f"{server_file(state_dir)}, e.g. by a `ctflows rollback` still working): wait "
+                    f"for it to end, or serve on it with `PREFECT_API_URL={running} make serve`"
+                )
             url = stack.enter_context(prefect_server(state_dir / "prefect", args.server_port))
             print(f"Prefect server and UI on {url.removesuffix('/api')}", flush=True)
         if url:  # every client of this process, and `ctflows`, on this one server

@@ -148,18 +148,19 @@ def server_file(state_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serving_on(state_dir: Path, api_url: str) -> Iterator[Path]:
+def serving_on(state_dir: Path, api_url: str, announce: bool = True) -> Iterator[Path]:
     """Record ``api_url`` as the project's Prefect server while inside, and print the line
-    that points a shell at it."""
+    that points a shell at it (``announce``)."""
     path = server_file(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"api_url": api_url, "pid": os.getpid(), "host": socket.gethostname()}
     path.write_text(json.dumps(entry) + "\n")
-    print(
-        f"Prefect API on {api_url}; `ctflows` finds it by itself (recorded in {path}); for "
-        f"`prefect` commands in another shell:\n  export PREFECT_API_URL={api_url}",
-        flush=True,
-    )
+    if announce:
+        print(
+            f"Prefect API on {api_url}; `ctflows` finds it by itself (recorded in {path}); for "
+            f"`prefect` commands in another shell:\n  export PREFECT_API_URL={api_url}",
+            flush=True,
+        )
     try:
         yield path
     finally:

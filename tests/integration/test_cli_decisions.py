@@ -153,22 +153,28 @@ def test_operator_commands_hold_the_slot_of_the_projects_own_server(workspace, p
     no_timing_gate(ws)
     ws.run(ws.land_day(1, 3_000))
     ws.run(ws.land_day(2, 24_000))
-    for command in (
-        ["rollback", MODEL, "--reason", "x"],
-        ["promote", MODEL, "1", "--reason", "x"],
-        ["run", MODEL, "--local"],
-    ):
-        refused = cli_without_prefect_env(ws, *command)
-        assert refused.returncode == 3, refused.stderr[-2000:]
-        assert "make serve" in refused.stderr and "PREFECT_API_URL" in refused.stderr
-    assert champion_version(ws) == "2"  # nothing was changed on a throw-away server
+    refused = cli_without_prefect_env(ws, "run", MODEL)  # needs the served deployments
+    assert refused.returncode == 3, refused.stderr[-2000:]
+    assert "make serve" in refused.stderr and "PREFECT_API_URL" in refused.stderr
+    assert champion_version(ws) == "2"
+
+    # no server known: the command starts the project's own (its database in the state dir,
+    # as `make serve` does), records it while it runs, and never a throw-away one
+    alone = cli_without_prefect_env(ws, "rollback", MODEL, "--reason", "no serve", "--json")
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert "starting its own for this command" in alone.stderr
+    assert str(ws.params.state_dir / "prefect") in alone.stderr
+    assert not as_json(alone)["flow_run"].startswith(prefect_api.removesuffix("/api"))
+    assert champion_version(ws) == "1"
+    assert not server_file(ws.params.state_dir).exists()  # gone with the command
 
     with serving_on(ws.params.state_dir, prefect_api):  # what `make serve` does
         assert f"export PREFECT_API_URL={prefect_api}" in capsys.readouterr().out
-        back = cli_without_prefect_env(ws, "rollback", MODEL, "--reason", "found it", "--json")
-        assert back.returncode == 0, back.stderr[-2000:]
-        assert as_json(back)["flow_run"].startswith(prefect_api.removesuffix("/api") + "/runs/")
-        assert champion_version(ws) == "1"
+        again = cli_without_prefect_env(ws, "promote", MODEL, "2", "--reason", "ok", "--json")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "starting its own" not in again.stderr
+        assert as_json(again)["flow_run"].startswith(prefect_api.removesuffix("/api") + "/runs/")
+        assert champion_version(ws) == "2"
 
         # a change in progress: its journal is open while the process that wrote it lives
         use_tracking(ws.params)
