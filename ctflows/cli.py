@@ -191,11 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, metavar="FILE")
     p.add_argument("--no-run", action="store_true", help="land the data, start no run")
     p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with the webhook: return once the receiver accepted the run, not following it",
+    )
+    p.add_argument(
         "--webhook",
         default=os.environ.get("CTFLOWS_WEBHOOK_URL"),
         metavar="URL",
         help="the receiver of `make serve` (e.g. http://127.0.0.1:8787; default "
-        "$CTFLOWS_WEBHOOK_URL): send it the signed data-landed webhook instead of running here",
+        "$CTFLOWS_WEBHOOK_URL, else the receiver a running `make serve` of this project "
+        "recorded): send it the signed data-landed webhook and follow the run it starts, "
+        "instead of running here",
     )
     return parser
 

@@ -167,12 +167,30 @@ def cmd_land(args: argparse.Namespace) -> int:
     if args.no_run:
         emit(args, result, line)
         return EXIT_OK
-    if args.webhook:
-        answer = landing.announce(model, placed, args.webhook)
+    webhook = args.webhook or landing.running_receiver(model)
+    if webhook:
+        answer = landing.announce(model, placed, webhook)
         result["webhook"] = answer
-        emit(args, result, f"{line}\nwebhook {args.webhook}: {answer}")
-        return EXIT_OK
-    ok, outcome = operate.run_local(model, placed.rev, False, False)
+        flow_run_id = answer.get("flow_run_id")
+        say = f"{line}\nwebhook {webhook}: {answer.get('status')} flow run {flow_run_id}"
+        if not args.json:
+            print(say, flush=True)
+        if not flow_run_id or args.no_wait:
+            emit(args, result, say)
+            return EXIT_OK
+        use_project_server(args.project)
+        ok, followed = operate.follow_flow_run(model, str(flow_run_id), echo=not args.json)
+        result["outcome"] = followed
+        text = f"flow run {followed['flow_run_name']} ended {followed['state']}"
+        if followed["decision"]:
+            text += f": {status.decision_line(status.Decision(**followed['decision']))}"
+        emit(args, result, text)
+        return EXIT_OK if ok else EXIT_FAILED
+    with project_server(args.project, "ctflows land"), classified(model.params()):
+        ok, outcome = operate.run_local(model, placed.rev, False, False)
+    if isinstance(outcome, BaseException):
+        emit(args, result, line)
+        return fail(args, exit_code(outcome), f"{type(outcome).__name__}: {outcome}")
     result["outcome"] = outcome
     if not ok:
         emit(args, result, line)

@@ -11,6 +11,7 @@ landed, and the suite widened from a new trusted batch.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,13 @@ def widen_suite(model: Model, source: Path, margin: float = 0.1, write: bool = T
     finally:
         draft.unlink(missing_ok=True)
     return Widened(str(suite_file), changes)
+
+
+def running_receiver(model: Model) -> str | None:
+    """The receiver of a running `make serve` of this project ($CTFLOWS_WEBHOOK_URL first)."""
+    from deployments.server import recorded_webhook
+
+    return os.environ.get("CTFLOWS_WEBHOOK_URL") or recorded_webhook(model.params().state_dir)
 
 
 def announce(model: Model, placed: Placed, url: str, timeout: float = 30.0) -> dict[str, Any]:

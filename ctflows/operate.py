@@ -193,8 +193,6 @@ def run_deployment(
 ) -> tuple[bool, dict[str, Any]]:
     """Start ``continuous-training/<model>-manual`` and follow its logs until it ends."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.client.schemas.sorting import LogSort
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL
 
@@ -219,11 +217,25 @@ def run_deployment(
         run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
         say = print if echo else (lambda *a, **k: None)
         say(f"started flow run {run.name} ({run.id}) of {name}", file=sys.stderr, flush=True)
+    return follow_flow_run(model, str(run.id), echo, poll)
+
+
+def follow_flow_run(
+    model: Model, flow_run_id: str, echo: bool, poll: float = 1.0
+) -> tuple[bool, dict[str, Any]]:
+    """Print a flow run's logs until it ends; (completed, its state and the decision it
+    recorded in the ledger)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    say = print if echo else (lambda *a, **k: None)
+    with get_client(sync_client=True) as client:
         seen = 0
         waited_since = time.monotonic()
         warned = False
         while True:
-            run = client.read_flow_run(run.id)
+            run = client.read_flow_run(flow_run_id)  # type: ignore[arg-type]
             logs = client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
                 sort=LogSort.TIMESTAMP_ASC,

@@ -191,9 +191,10 @@ def main(argv: list[str] | None = None) -> None:
                 )
             url = stack.enter_context(prefect_server(state_dir / "prefect", args.server_port))
             print(f"Prefect server and UI on {url.removesuffix('/api')}", flush=True)
+        receiver = stack.enter_context(maybe_webhook(params_file, args.host, args.webhook_port))
         if url:  # every client of this process, and `ctflows`, on this one server
-            stack.enter_context(serving_on(state_dir, url))
-        stack.enter_context(maybe_webhook(params_file, args.host, args.webhook_port))
+            hook = receiver.url if receiver is not None else None
+            stack.enter_context(serving_on(state_dir, url, webhook=hook))
         serve_all(params_file)
 
 

@@ -148,12 +148,17 @@ def server_file(state_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serving_on(state_dir: Path, api_url: str, announce: bool = True) -> Iterator[Path]:
-    """Record ``api_url`` as the project's Prefect server while inside, and print the line
-    that points a shell at it (``announce``)."""
+def serving_on(
+    state_dir: Path, api_url: str, announce: bool = True, webhook: str | None = None
+) -> Iterator[Path]:
+    """Record ``api_url`` as the project's Prefect server while inside (and ``webhook``, the
+    receiver `make serve` runs, if any), and print the line that points a shell at it
+    (``announce``)."""
     path = server_file(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"api_url": api_url, "pid": os.getpid(), "host": socket.gethostname()}
+    if webhook:
+        entry["webhook"] = webhook
     path.write_text(json.dumps(entry) + "\n")
     if announce:
         print(
@@ -187,3 +192,14 @@ def recorded_server(state_dir: Path, timeout: float = 3.0) -> str | None:
         return None
     url = entry.get("api_url") if isinstance(entry, dict) else None
     return str(url) if url and answers(str(url), timeout) else None
+
+
+def recorded_webhook(state_dir: Path, timeout: float = 3.0) -> str | None:
+    """The webhook receiver `make serve` runs for this project, if its server answers."""
+    if recorded_server(state_dir, timeout) is None:
+        return None
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+        entry = json.loads(server_file(state_dir).read_text())
+        url = entry.get("webhook") if isinstance(entry, dict) else None
+        return str(url) if url else None
+    return None

@@ -122,6 +122,7 @@ def test_land_sends_the_signed_webhook_when_a_receiver_is_named(project, monkeyp
                 str(project / "day2.csv"),
                 "--webhook",
                 url,
+                "--no-wait",  # the receiver here is a stand-in: no flow run to follow
                 "--project",
                 str(project),
                 "--json",

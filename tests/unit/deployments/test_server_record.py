@@ -24,3 +24,33 @@ def test_a_recorded_server_that_does_not_answer_is_not_used(tmp_path):
     server_file(tmp_path).parent.mkdir(parents=True, exist_ok=True)
     server_file(tmp_path).write_text("{not json")
     assert recorded_server(tmp_path) is None
+
+
+def test_make_serves_receiver_is_found_while_its_server_answers(tmp_path):
+    """`ctflows land` sends the data-landed webhook to the receiver `make serve` records."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from deployments.server import recorded_webhook
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/api"
+        with serving_on(tmp_path, url, announce=False):
+            assert recorded_webhook(tmp_path) is None  # served without a receiver
+        with serving_on(tmp_path, url, announce=False, webhook="http://127.0.0.1:8787"):
+            assert recorded_webhook(tmp_path) == "http://127.0.0.1:8787"
+        server.shutdown()
+        with serving_on(tmp_path, url, announce=False, webhook="http://127.0.0.1:8787"):
+            assert recorded_webhook(tmp_path, timeout=1) is None  # its server is gone
+    finally:
+        server.server_close()
