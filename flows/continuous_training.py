@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prefect import flow, get_run_logger
 
 from tasks.champion import get_champion
@@ -30,6 +32,7 @@ from tasks.promote import (
     register_candidate,
     restore_champion,
 )
+from tasks.reports import GateReport
 from tasks.services import (
     call_with_deadline,
     failure_text,
@@ -171,23 +174,10 @@ def _continuous_training(
             force,
         )
         plots = start_plots(report, trained.run_id)  # drawn while we ship
+        previous_version = champion.version if champion else None
+        ended = Ended(outcome, version.md5, previous_version, trained.run_id, redecided, redecide)
         if report.decision == "reject" or dry_run:
-            kind: Kind = "rejected" if report.decision == "reject" else "dry-run"
-            result = RunOutcome(
-                kind,
-                outcome.model_name,
-                version.md5,
-                champion.version if champion else None,
-                run_id=trained.run_id,
-                flow_run=outcome.flow_run,
-            ).with_report(report)
-            result = mark_redecided(result, redecided, redecide)
-            if not dry_run:
-                complete_run(trained.run_id, champion.version if champion else None)
-            decide(result, params)
-            if kind == "rejected" and params.gates.fail_run_on_reject:
-                raise GateRejected(report)
-            return result
+            return end_without_promotion(ended, report, params, dry_run)
         step = "promote"
         freeze = check_freeze(params)
         if freeze is not None:  # gated, registered and built, not promoted; decided again later
@@ -217,20 +207,8 @@ def _continuous_training(
         if infra is not None:
             report = with_gate(report, infra)
             log_report(report, trained.run_id)
-        if report.decision == "reject":
-            rejected = RunOutcome(
-                "rejected",
-                outcome.model_name,
-                version.md5,
-                champion.version if champion else None,
-                run_id=trained.run_id,
-                flow_run=outcome.flow_run,
-            ).with_report(report)
-            complete_run(trained.run_id, champion.version if champion else None)
-            decide(rejected, params)
-            if params.gates.fail_run_on_reject:
-                raise GateRejected(report)
-            return rejected
+        if report.decision == "reject":  # the image did not run as it must
+            return end_without_promotion(ended, report, params, dry_run=False)
         step = "promote"
         promotion = promote_model(trained, params, templates, registered)
         step = "deploy"
@@ -280,3 +258,39 @@ def _continuous_training(
 
 if __name__ == "__main__":
     continuous_training()
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What a run that ends before promotion records: whose run, on which data, against which
+    champion, and whether it re-decides an earlier decision."""
+
+    outcome: RunOutcome
+    data_md5: str
+    previous_version: str | None
+    run_id: str
+    redecided: str | None
+    redecide: str | None
+
+
+def end_without_promotion(
+    ended: Ended, report: GateReport, params: Params, dry_run: bool
+) -> RunOutcome:
+    """A rejection (by the gates, or by the infrastructure validation) or a dry run: recorded
+    and told; the run is marked complete unless it was a dry run."""
+    kind: Kind = "rejected" if report.decision == "reject" else "dry-run"
+    result = RunOutcome(
+        kind,
+        ended.outcome.model_name,
+        ended.data_md5,
+        ended.previous_version,
+        run_id=ended.run_id,
+        flow_run=ended.outcome.flow_run,
+    ).with_report(report)
+    result = mark_redecided(result, ended.redecided, ended.redecide)
+    if not dry_run:
+        complete_run(ended.run_id, ended.previous_version)
+    decide(result, params)
+    if kind == "rejected" and params.gates.fail_run_on_reject:
+        raise GateRejected(report)
+    return result
