@@ -96,7 +96,7 @@ def test_promoted_image_runs_as_a_container_and_answers_as_the_registered_model(
             "IMAGE_DIGEST": digest,
             "CTFLOWS_INFERENCE_LOG_URL": log_url,
             "CTFLOWS_INFERENCE_LOG_FLUSH_SECONDS": "3600",  # buffered until SIGTERM
-            "CTFLOWS_INFERENCE_LOG_FLUSH_ROWS": "100000",
+            "CTFLOWS_INFERENCE_LOG_FLUSH_ROWS": "10000",  # at most the buffer (checked at start)
         },
         volumes=[f"{volume}:{mount}"],
         memory_bytes=1 << 30,

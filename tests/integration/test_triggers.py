@@ -181,33 +181,43 @@ def test_committed_prefect_yaml_matches_the_definitions():
     assert trigger["expect"] and trigger["match"]["prefect.resource.id"].endswith("batch.parquet")
 
 
-def test_prefect_deploy_all_accepts_the_project_file(prefect_api, tmp_path):
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
-    prefect = str(Path(sys.executable).parent / "prefect")
-    subprocess.run(
-        [prefect, "work-pool", "create", "ctflows", "--type", "process", "--overwrite"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    done = subprocess.run(
-        [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    from prefect.client.orchestration import get_client
+def test_prefect_deploy_all_accepts_the_project_file(tmp_path):
+    """On a Prefect server of its own: the project file's deployments and their automations
+    (the data-landed and drift triggers) would otherwise stay on the session's server and
+    fire for the other tests' events, with the project's own params."""
+    from deployments.server import prefect_server
 
-    with get_client(sync_client=True) as client:
-        scheduled = client.read_deployment_by_name("continuous-training/churn-classifier-scheduled")
-        assert scheduled.work_pool_name == "ctflows"
-        assert scheduled.schedules[0].schedule.cron == "0 3 * * 1"
-        drift = client.read_deployment_by_name("drift-monitor/churn-classifier-daily")
-        assert drift.schedules[0].schedule.timezone == "UTC"
+    with prefect_server(tmp_path / "prefect") as api_url:
+        env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": str(ROOT)}
+        prefect = str(Path(sys.executable).parent / "prefect")
+        subprocess.run(
+            [prefect, "work-pool", "create", "ctflows", "--type", "process", "--overwrite"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        done = subprocess.run(
+            [
+                *(prefect, "--no-prompt", "deploy", "--all"),
+                *("--prefect-file", "deployments/prefect.yaml"),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            name = "continuous-training/churn-classifier-scheduled"
+            scheduled = client.read_deployment_by_name(name)
+            assert scheduled.work_pool_name == "ctflows"
+            assert scheduled.schedules[0].schedule.cron == "0 3 * * 1"
+            drift = client.read_deployment_by_name("drift-monitor/churn-classifier-daily")
+            assert drift.schedules[0].schedule.timezone == "UTC"
 
 
 def test_drift_emits_the_event_that_starts_retraining(workspace, served):
